@@ -1,0 +1,132 @@
+"""Command-line flags: the original's four argparse groups, parsed without eval.
+
+Every flag keeps the original's name and default so each command of its README
+runs unchanged. `get_config` parses; `check_config` validates the values once,
+before anything is built, and raises ConfigError with a one-line message that
+names the flag.
+"""
+import argparse
+import re
+import sys
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; str(e) names the flag and the value."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one `[!]` line, no usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"[!] {message} (see python main.py --help)\n")
+
+
+def str2bool(value):
+    """Parse the original's boolean spelling: True/False, 1/0, any case."""
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y"):
+        return True
+    if text in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def int_list(value):
+    """Parse `[8, 8]`, `8,8` or `8 8` as a list of ints; numbers only."""
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    items = [item for item in re.split(r"[,\s]+", text) if item]
+    if not all(re.fullmatch(r"[+-]?\d+", item) for item in items):
+        raise argparse.ArgumentTypeError(f"expected a list of integers like 8,8, got {value!r}")
+    return [int(item) for item in items]
+
+
+def _build_parser():
+    parser = _Parser(description="SimGAN: refine simulated images with adversarial training.")
+
+    net = parser.add_argument_group("Network")
+    net.add_argument("--kernel_dims", type=int_list, default=[], help="unused, kept for the original's command lines")
+    net.add_argument("--stride_size", type=int_list, default=[], help="unused, kept for the original's command lines")
+    net.add_argument("--channel_dims", type=int_list, default=[], help="unused, kept for the original's command lines")
+
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data_set", default="gaze", choices=["gaze"], help="data set: gaze (UnityEyes + MPIIGaze)")
+    data.add_argument("--data_dir", default="data", help="root of the data sets; gaze data lives in DATA_DIR/gaze")
+    data.add_argument("--input_height", type=int, default=35, help="network input height; images are resized to it")
+    data.add_argument("--input_width", type=int, default=55, help="network input width; images are resized to it")
+    data.add_argument("--input_channel", type=int, default=1, help="network input channels (1: grayscale)")
+    data.add_argument("--max_synthetic_num", type=int, default=-1, help="preprocess at most this many UnityEyes frames (-1: all)")
+    data.add_argument("--real_image_dir", default="MPIIGaze", help="real images, under DATA_DIR/gaze")
+    data.add_argument("--synthetic_image_dir", default="UnityEyes", help="synthetic images: tried as given, then under DATA_DIR/gaze")
+
+    train = parser.add_argument_group("Training")
+    train.add_argument("--task", default="generative", choices=["generative", "estimation"], help="generative: train or apply the refiner; estimation: the gaze estimator")
+    train.add_argument("--is_train", type=str2bool, default=True, help="False: refine every synthetic image with the model at --load_path")
+    train.add_argument("--max_step", type=int, default=10000, help="adversarial iterations after pre-training")
+    train.add_argument("--reg_scale", type=float, default=0.5, help="lambda: weight of the self-regularization (L1) loss")
+    train.add_argument("--initial_K_g", type=int, default=1000, help="refiner pre-training steps (self-regularization only)")
+    train.add_argument("--initial_K_d", type=int, default=200, help="discriminator pre-training steps")
+    train.add_argument("--K_g", type=int, default=2, help="refiner steps per adversarial iteration")
+    train.add_argument("--K_d", type=int, default=1, help="discriminator steps per adversarial iteration")
+    train.add_argument("--batch_size", type=int, default=512, help="images per batch (even: the discriminator takes half refined, half history)")
+    train.add_argument("--buffer_size", type=int, default=25600, help="refined images kept in the history buffer")
+    train.add_argument("--num_epochs", type=int, default=12, help="unused by the GAN loop; the estimator's epoch cap")
+    train.add_argument("--random_seed", type=int, default=123, help="seeds numpy, TensorFlow and the data order")
+    train.add_argument("--learning_rate", type=float, default=0.001, help="learning rate of both optimizers")
+    train.add_argument("--checkpoint_secs", type=int, default=300, help="seconds between checkpoints")
+    train.add_argument("--max_grad_norm", type=float, default=50.0, help="each gradient tensor is clipped to this norm")
+    train.add_argument("--optimizer", default="adam", help="adam or sgd")
+
+    misc = parser.add_argument_group("Misc")
+    misc.add_argument("--log_step", type=int, default=20, help="steps between summaries and sample grids")
+    misc.add_argument("--log_dir", default="logs", help="checkpoints, TensorBoard events and params.json go in LOG_DIR/NAME")
+    misc.add_argument("--sample_dir", default="samples", help="sample grids go in SAMPLE_DIR/NAME")
+    misc.add_argument("--output_dir", default="outputs", help="test mode writes refined images to OUTPUT_DIR/NAME")
+    misc.add_argument("--load_path", default="", help="model name (or path) to resume from or to refine with")
+    misc.add_argument("--debug", type=str2bool, default=False, help="print the losses of every step")
+    misc.add_argument("--gpu_memory_fraction", type=float, default=1.0, help="share of GPU memory TensorFlow may take (1.0: grow as needed)")
+    misc.add_argument("--max_image_summary", type=int, default=7, help="images per TensorBoard image summary")
+    misc.add_argument("--sample_image_grid", type=int_list, default=[8, 8], help="rows and columns of the sample grid, e.g. 8,8")
+    return parser
+
+
+def get_config(argv=None):
+    """Parse the command line (sys.argv when argv is None); unknown flags are an error."""
+    return _build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def defaults():
+    """The default config, as `python main.py` with no flags gets it."""
+    return get_config([])
+
+
+def check_config(config):
+    """Raise ConfigError for the first flag value that cannot work."""
+    def require(ok, flag, message):
+        if not ok:
+            raise ConfigError(f"--{flag}={getattr(config, flag)}: {message}")
+
+    for flag in ("input_height", "input_width", "input_channel", "batch_size", "buffer_size",
+                 "log_step", "checkpoint_secs", "max_image_summary", "num_epochs"):
+        require(getattr(config, flag) > 0, flag, "must be positive")
+    for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d"):
+        require(getattr(config, flag) >= 0, flag, "must not be negative")
+    require(config.batch_size >= 2 and config.batch_size % 2 == 0, "batch_size",
+            "must be even and at least 2 (the discriminator takes half refined, half history)")
+    require(config.buffer_size >= config.batch_size, "buffer_size",
+            f"must hold at least one batch (--batch_size={config.batch_size})")
+    require(config.input_channel in (1, 3), "input_channel", "must be 1 (grayscale) or 3 (RGB)")
+    require(config.learning_rate > 0, "learning_rate", "must be positive")
+    require(config.max_grad_norm > 0, "max_grad_norm", "must be positive")
+    require(config.reg_scale >= 0, "reg_scale", "must not be negative")
+    require(config.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
+    require(config.max_synthetic_num == -1 or config.max_synthetic_num > 0, "max_synthetic_num",
+            "must be -1 (all) or positive")
+    require(0 < config.gpu_memory_fraction <= 1, "gpu_memory_fraction", "must be in (0, 1]")
+    require(len(config.sample_image_grid) == 2 and min(config.sample_image_grid) > 0,
+            "sample_image_grid", "must be two positive integers, rows,cols")
+    require(config.is_train or bool(config.load_path), "is_train",
+            "test mode needs a trained model: pass --load_path=NAME")
+    for flag in ("kernel_dims", "stride_size", "channel_dims"):
+        require(all(value > 0 for value in getattr(config, flag)), flag, "must be positive integers")

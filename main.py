@@ -1,0 +1,68 @@
+"""SimGAN command line: `python main.py` trains, `--is_train=False --load_path=NAME` refines."""
+import os
+import random
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from config import ConfigError, check_config, get_config  # noqa: E402
+from data.gaze_data import DataError, load_gaze_data  # noqa: E402
+from trainer import CheckpointError, Trainer, TrainingDiverged  # noqa: E402
+from utils import OutputError, gpu_memory_mb, prepare_dirs, save_config  # noqa: E402
+
+USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged)
+
+
+def set_seeds(seed):
+    """Seed Python, numpy and TensorFlow so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+
+
+def configure_gpus(memory_fraction):
+    """TF2's form of the original's per_process_gpu_memory_fraction: growth at 1.0, else a hard limit."""
+    gpus = tf.config.list_physical_devices("GPU")
+    totals = gpu_memory_mb() if gpus and memory_fraction < 1.0 else []
+    for index, gpu in enumerate(gpus):
+        if index < len(totals):
+            limit = int(totals[index] * memory_fraction)
+            tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+        else:
+            tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def run(config):
+    """Check the flags, prepare folders and data, then train or refine."""
+    check_config(config)
+    configure_gpus(config.gpu_memory_fraction)
+    prepare_dirs(config)
+    set_seeds(config.random_seed)
+    data = load_gaze_data(config, load_real=config.is_train)
+    trainer = Trainer(config, data)
+    if config.is_train:
+        save_config(config)
+        trainer.train()
+    else:
+        trainer.test()
+
+
+def main(argv=None):
+    """Entry point; user errors end in one `[!]` line and exit status 1."""
+    config = get_config(argv)
+    try:
+        run(config)
+    except USER_ERRORS as error:
+        print(f"[!] {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[!] Interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

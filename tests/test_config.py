@@ -1,0 +1,94 @@
+"""Flags: the original's defaults, parsing without eval, and the up-front checks."""
+import pytest
+
+from config import ConfigError, check_config, defaults, get_config
+
+ORIGINAL_DEFAULTS = {
+    "kernel_dims": [], "stride_size": [], "channel_dims": [],
+    "data_set": "gaze", "data_dir": "data", "input_height": 35, "input_width": 55, "input_channel": 1,
+    "max_synthetic_num": -1, "real_image_dir": "MPIIGaze", "synthetic_image_dir": "UnityEyes",
+    "task": "generative", "is_train": True, "max_step": 10000, "reg_scale": 0.5, "initial_K_g": 1000,
+    "initial_K_d": 200, "K_g": 2, "K_d": 1, "batch_size": 512, "buffer_size": 25600, "num_epochs": 12,
+    "random_seed": 123, "learning_rate": 0.001, "checkpoint_secs": 300, "max_grad_norm": 50,
+    "optimizer": "adam", "log_step": 20, "log_dir": "logs", "sample_dir": "samples", "output_dir": "outputs",
+    "load_path": "", "debug": False, "gpu_memory_fraction": 1.0, "max_image_summary": 7,
+    "sample_image_grid": [8, 8],
+}
+
+
+def test_defaults_equal_the_original():
+    config = vars(defaults())
+    for flag, value in ORIGINAL_DEFAULTS.items():
+        assert config[flag] == value, flag
+    check_config(defaults())
+
+
+@pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("0", False),
+                                           ("True", True), ("TRUE", True), ("1", True)])
+def test_booleans_in_the_original_spelling(text, expected):
+    assert get_config([f"--is_train={text}", "--load_path=x"]).is_train is expected
+
+
+@pytest.mark.parametrize("text", ["[8, 8]", "8,8", "8 8", "[4,6]"])
+def test_list_flags_without_eval(text):
+    grid = get_config([f"--sample_image_grid={text}"]).sample_image_grid
+    assert grid == [int(n) for n in text.strip("[]").replace(",", " ").split()]
+
+
+def test_list_flag_that_would_run_code_is_rejected(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(SystemExit) as exit_info:
+        get_config([f"--sample_image_grid=__import__('os').system('touch {marker}')"])
+    assert exit_info.value.code == 2
+    assert not marker.exists()
+    assert capsys.readouterr().err.startswith("[!] argument --sample_image_grid")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--no_such_flag=1"], "unrecognized arguments: --no_such_flag=1"),
+    (["--is_train=maybe"], "--is_train"),
+    (["--batch_size=eight"], "--batch_size"),
+    (["--task=dance"], "--task"),
+])
+def test_bad_command_line_is_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        get_config(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("[!]") and fragment in err
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--batch_size=7"], "--batch_size=7"),
+    (["--batch_size=0"], "--batch_size=0"),
+    (["--batch_size=-2"], "--batch_size=-2"),
+    (["--batch_size=64", "--buffer_size=32"], "--buffer_size=32"),
+    (["--input_height=0"], "--input_height=0"),
+    (["--input_width=-5"], "--input_width=-5"),
+    (["--input_channel=2"], "--input_channel=2"),
+    (["--optimizer=rmsprop"], "--optimizer=rmsprop"),
+    (["--is_train=False"], "--is_train=False"),
+    (["--learning_rate=0"], "--learning_rate=0.0"),
+    (["--max_grad_norm=-1"], "--max_grad_norm=-1.0"),
+    (["--reg_scale=-0.5"], "--reg_scale=-0.5"),
+    (["--log_step=0"], "--log_step=0"),
+    (["--checkpoint_secs=0"], "--checkpoint_secs=0"),
+    (["--max_step=-1"], "--max_step=-1"),
+    (["--initial_K_g=-1"], "--initial_K_g=-1"),
+    (["--K_d=-1"], "--K_d=-1"),
+    (["--max_synthetic_num=0"], "--max_synthetic_num=0"),
+    (["--gpu_memory_fraction=1.5"], "--gpu_memory_fraction=1.5"),
+    (["--sample_image_grid=8"], "--sample_image_grid=[8]"),
+    (["--sample_image_grid=0,8"], "--sample_image_grid=[0, 8]"),
+    (["--max_image_summary=0"], "--max_image_summary=0"),
+    (["--num_epochs=0"], "--num_epochs=0"),
+])
+def test_checks_name_the_flag(argv, flag):
+    with pytest.raises(ConfigError) as error:
+        check_config(get_config(argv))
+    assert str(error.value).startswith(flag)
+    assert "\n" not in str(error.value)
+
+
+def test_test_mode_with_a_load_path_is_valid():
+    check_config(get_config(["--is_train=False", "--load_path=generative_run"]))
