@@ -1,0 +1,224 @@
+"""The gaze data loader: finding data, the sample fallback, the cache, the pipelines, archives and downloads."""
+import functools
+import http.server
+import io
+import os
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+from config import get_config
+from data import gaze_data, mpiigaze
+from data.gaze_data import DataError, load_gaze_data, real_dataset, synthetic_dataset
+from data.sample_data import write_sample
+
+SHAPE = (35, 55, 1)
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    """DATA_DIR holding a tiny bundled sample in the real data sets' layout: DATA_DIR/gaze/{UnityEyes,MPIIGaze}."""
+    root = tmp_path_factory.mktemp("data")
+    write_sample(root / "gaze", num_synthetic=24, num_real=20, seed=5)
+    return root
+
+
+def config_for(data_dir, tmp_path, *flags):
+    return get_config([f"--data_dir={data_dir}", f"--sample_dir={tmp_path / 'samples'}", *flags])
+
+
+def test_loads_both_domains_and_caches_the_real_images(sample_root, tmp_path):
+    data = load_gaze_data(config_for(sample_root, tmp_path))
+    assert len(data.synthetic_paths) == 24 and not data.is_sample
+    assert data.real_images.shape == (20, 36, 60) and data.real_images.dtype == np.uint8
+    assert data.real_gaze.shape == (20, 3)
+    images, gaze = mpiigaze.load_cache(sample_root / "gaze" / "gaze.npz")
+    np.testing.assert_array_equal(images, data.real_images)
+    assert sorted(os.listdir(tmp_path / "samples")) == sorted(f"real_{i}.png" for i in range(20))
+
+
+def test_an_old_cache_without_labels_is_rebuilt(sample_root, tmp_path, capsys):
+    cache = sample_root / "gaze" / "gaze.npz"
+    np.savez(cache, real=np.zeros((3, 36, 60), np.uint8))
+    data = load_gaze_data(config_for(sample_root, tmp_path))
+    assert "Rebuilding" in capsys.readouterr().out
+    assert len(data.real_images) == 20 and len(mpiigaze.load_cache(cache)[0]) == 20
+
+
+def test_test_mode_needs_no_real_images(sample_root, tmp_path):
+    data = load_gaze_data(config_for(sample_root, tmp_path), load_real=False)
+    assert len(data.real_images) == 0 and len(data.synthetic_paths) == 24
+
+
+def test_a_named_folder_without_frames_lists_the_paths_tried(tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = config_for(tmp_path, tmp_path, f"--synthetic_image_dir={tmp_path / 'empty'}")
+    with pytest.raises(DataError, match="tried .*empty"):
+        load_gaze_data(config)
+    with pytest.raises(DataError, match=r"tried nowhere, .*nowhere"):
+        load_gaze_data(config_for(tmp_path, tmp_path, "--synthetic_image_dir=nowhere"))
+
+
+def test_default_folders_without_data_fall_back_to_the_sample_once(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def tiny_sample(gaze_dir, seed):
+        calls.append(gaze_dir)
+        write_sample(gaze_dir, num_synthetic=8, num_real=6, seed=seed)
+
+    monkeypatch.setattr(gaze_data, "SAMPLE_GAZE_DIR", tmp_path / "sample" / "gaze")
+    monkeypatch.setattr(gaze_data, "write_sample", tiny_sample)
+    monkeypatch.chdir(tmp_path)  # the default --data_dir=data is relative: an empty folder here
+    for _ in range(2):
+        data = load_gaze_data(get_config([f"--sample_dir={tmp_path / 'samples'}"]))
+        assert data.is_sample and len(data.synthetic_paths) == 8 and len(data.real_images) == 6
+    assert len(calls) == 1
+    assert "generating the bundled sample" in capsys.readouterr().out
+    with pytest.raises(DataError):  # a user who names a data folder never gets the sample instead
+        load_gaze_data(get_config([f"--data_dir={tmp_path / 'mine'}"]))
+
+
+def test_missing_real_data_offline_says_where_to_put_it(sample_root, tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    (data_dir / "gaze").mkdir(parents=True)
+    os.symlink(sample_root / "gaze" / "UnityEyes", data_dir / "gaze" / "UnityEyes")
+    monkeypatch.setattr(gaze_data, "MPIIGAZE_URL", "http://127.0.0.1:9/MPIIGaze.tar.gz")
+    fetch = gaze_data.fetch_mpiigaze
+    monkeypatch.setattr(gaze_data, "fetch_mpiigaze", lambda g, r: fetch(g, r, url=gaze_data.MPIIGAZE_URL))
+    with pytest.raises(DataError, match=r"cannot download .*by hand .*MPIIGaze.Data.Normalized.p00.day01\.mat"):
+        load_gaze_data(config_for(data_dir, tmp_path))
+    assert os.listdir(data_dir / "gaze") == ["UnityEyes"]  # no partial archive left behind
+
+
+def test_read_look_vec(sample_root):
+    path = load_gaze_data(config_for(sample_root, sample_root), load_real=False).synthetic_paths[0]
+    look_vec = gaze_data.read_look_vec(path)
+    assert look_vec.shape == (3,) and abs(np.linalg.norm(look_vec) - 1) < 1e-3
+
+
+# ---- pipelines ----
+
+def test_synthetic_training_batches_are_fixed_size_seeded_and_repeat(sample_root, tmp_path):
+    paths = load_gaze_data(config_for(sample_root, tmp_path), load_real=False).synthetic_paths
+    first = [batch.numpy() for batch, _ in zip(synthetic_dataset(paths[:6], SHAPE, 4, seed=1), range(4))]
+    again = [batch.numpy() for batch, _ in zip(synthetic_dataset(paths[:6], SHAPE, 4, seed=1), range(4))]
+    assert all(batch.shape == (4, *SHAPE) and batch.dtype == np.float32 for batch in first)
+    assert all(-1 <= batch.min() and batch.max() <= 1 for batch in first)
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))
+    other = next(iter(synthetic_dataset(paths[:6], SHAPE, 4, seed=2))).numpy()
+    assert not np.array_equal(first[0], other)
+
+
+def test_synthetic_evaluation_batches_keep_order_and_the_last_partial_batch(sample_root, tmp_path):
+    paths = load_gaze_data(config_for(sample_root, tmp_path), load_real=False).synthetic_paths
+    batches = list(synthetic_dataset(paths[:7], (35, 55, 3), 4, seed=0, training=False))
+    assert [len(images) for images, _ in batches] == [4, 3]
+    assert [p.decode() for _, names in batches for p in names.numpy()] == paths[:7]
+    assert batches[0][0].shape == (4, 35, 55, 3)
+
+
+def test_real_batches_are_drawn_without_replacement_each_epoch():
+    images = np.repeat(np.arange(8, dtype=np.uint8)[:, None, None] * 30, 36, axis=1).repeat(60, axis=2)
+    batches = iter(real_dataset(images, SHAPE, 4, seed=3))
+    for _ in range(3):  # three epochs of two batches
+        epoch = np.concatenate([next(batches).numpy(), next(batches).numpy()])
+        values = np.rint((epoch[:, 0, 0, 0] + 1) * 127.5).astype(int)
+        assert sorted(values) == [i * 30 for i in range(8)]
+
+
+# ---- archives ----
+
+def make_tar(path, add):
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+    return path
+
+
+def add_file(tar, name, data=b"x", **fields):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_safe_extract_unpacks_a_normal_archive(tmp_path):
+    archive = make_tar(tmp_path / "ok.tar.gz", lambda tar: add_file(tar, "MPIIGaze/Data/readme.txt", b"hi"))
+    gaze_data.safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "MPIIGaze" / "Data" / "readme.txt").read_bytes() == b"hi"
+
+
+@pytest.mark.parametrize("name,fields,reason", [
+    ("/tmp/escape.txt", {}, "outside"),
+    ("MPIIGaze/../../escape.txt", {}, "outside"),
+    ("link", {"type": tarfile.SYMTYPE, "linkname": "../../escape.txt"}, "link"),
+    ("MPIIGaze/abs_link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "link"),
+    ("hard", {"type": tarfile.LNKTYPE, "linkname": "../escape.txt"}, "outside"),
+    ("MPIIGaze/null", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, "not a regular file"),
+    ("MPIIGaze/pipe", {"type": tarfile.FIFOTYPE}, "not a regular file"),
+])
+def test_safe_extract_refuses_crafted_members(tmp_path, name, fields, reason):
+    def add(tar):
+        add_file(tar, "MPIIGaze/good.txt")
+        add_file(tar, name, b"" if fields else b"evil", **fields)
+
+    archive = make_tar(tmp_path / "bad.tar.gz", add)
+    target = tmp_path / "deep" / "out"
+    target.mkdir(parents=True)
+    with pytest.raises(DataError, match=reason):
+        gaze_data.safe_extract(archive, target)
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "deep" / "escape.txt").exists()
+    assert os.listdir(target) == []  # checked before anything is written
+
+
+def test_safe_extract_reports_a_truncated_archive(tmp_path):
+    archive = make_tar(tmp_path / "ok.tar.gz", lambda tar: add_file(tar, "a.bin", os.urandom(50000)))
+    archive.write_bytes(archive.read_bytes()[:2000])
+    with pytest.raises(DataError, match="cannot unpack"):
+        gaze_data.safe_extract(archive, tmp_path)
+
+
+# ---- downloads ----
+
+@pytest.fixture
+def server(tmp_path):
+    """A loopback HTTP server: /full sends its body, /short promises more bytes than it sends."""
+    body = os.urandom(300_000)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) + (1000 if self.path == "/short" else 0)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", body
+    httpd.shutdown()
+
+
+def test_download_renames_only_a_complete_file(server, tmp_path):
+    url, body = server
+    gaze_data.download(f"{url}/full", str(tmp_path / "a.tar.gz"))
+    assert (tmp_path / "a.tar.gz").read_bytes() == body
+    with pytest.raises(DataError, match="stopped at 300000 of 301000 bytes"):
+        gaze_data.download(f"{url}/short", str(tmp_path / "b.tar.gz"), timeout=5)
+    assert sorted(os.listdir(tmp_path)) == ["a.tar.gz"]
+
+
+def test_download_offline_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"^cannot download http://127.0.0.1:9/x \(.*\)$"):
+        gaze_data.download("http://127.0.0.1:9/x", str(tmp_path / "x"), timeout=5)
+    assert os.listdir(tmp_path) == []
+
+
+def test_fetch_mpiigaze_is_not_used_when_the_files_exist(sample_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(gaze_data, "fetch_mpiigaze", functools.partial(pytest.fail, "downloaded"))
+    os.remove(sample_root / "gaze" / "gaze.npz")
+    assert len(load_gaze_data(config_for(sample_root, tmp_path)).real_images) == 20

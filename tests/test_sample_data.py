@@ -1,0 +1,320 @@
+"""The bundled sample: determinism, the real data sets' formats, label conventions and the domain gap."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image, ImageDraw
+from scipy.ndimage import laplace, uniform_filter
+
+from data import mpiigaze, unityeyes
+from data import sample_data
+from data.sample_data import (EYE_WIDTH_SHARE, MARKER_NAME, REAL_HEIGHT, REAL_WIDTH, STAGING_NAME, main,
+                              write_sample)
+
+NUM_SYNTHETIC, NUM_REAL, SEED = 40, 30, 7
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """A tiny sample written once, with worker processes (70 images is above the parallel threshold)."""
+    gaze_dir = tmp_path_factory.mktemp("sample") / "gaze"
+    report = write_sample(gaze_dir, num_synthetic=NUM_SYNTHETIC, num_real=NUM_REAL, seed=SEED, workers=2)
+    return gaze_dir, report
+
+
+@pytest.fixture(scope="module")
+def crops(sample):
+    """The cropper's report on the sample's UnityEyes folder."""
+    return unityeyes.prepare_crops(sample[1].synthetic_dir, workers=1)
+
+
+def file_contents(root):
+    """{relative path: bytes} of every file under root."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def frame_landmarks(strings):
+    """UnityEyes landmark strings as image (column, row) points: Unity's y counts from the bottom."""
+    return np.array([unityeyes.parse_vector(text)[:2] for text in strings]) * [1, -1] + [0, 480]
+
+
+def look_vec(info):
+    return unityeyes.parse_vector(info["eye_details"]["look_vec"])
+
+
+def real_images(gaze_dir):
+    images, gaze, skipped = mpiigaze.read_days(mpiigaze.find_day_files(gaze_dir / "MPIIGaze"))
+    assert not skipped
+    return images, gaze
+
+
+def synthetic_at_real_size(paths):
+    """The crops as the loader sees them, brought to MPIIGaze's 36x60 for comparison."""
+    return np.array([np.asarray(Image.open(p).resize((REAL_WIDTH, REAL_HEIGHT), Image.Resampling.BILINEAR),
+                                np.float32) for p in paths])
+
+
+# ---- writing: determinism, the report, interruption
+
+
+def test_same_seed_same_bytes_whatever_the_workers(sample, tmp_path):
+    gaze_dir, _ = sample
+    again = write_sample(tmp_path / "gaze", num_synthetic=NUM_SYNTHETIC, num_real=NUM_REAL, seed=SEED, workers=1)
+    first = {name: content for name, content in file_contents(gaze_dir).items() if "_cropped" not in name}
+    assert file_contents(tmp_path / "gaze") == first
+    assert again.num_synthetic == NUM_SYNTHETIC and again.num_real == NUM_REAL and again.seconds > 0
+
+
+def test_another_seed_other_bytes(sample, tmp_path):
+    gaze_dir, _ = sample
+    write_sample(tmp_path / "gaze", num_synthetic=2, num_real=2, seed=SEED + 1)
+    for name in ("UnityEyes/1.jpg", "UnityEyes/1.json", "MPIIGaze/Data/Normalized/p00/day01.mat"):
+        assert (tmp_path / "gaze" / name).read_bytes() != (gaze_dir / name).read_bytes(), name
+
+
+def test_layout_on_disk(sample):
+    gaze_dir, report = sample
+    assert sorted(p.name for p in gaze_dir.iterdir()) == ["MPIIGaze", "UnityEyes"]  # no staging left
+    frames = sorted(p.name for p in report.synthetic_dir.glob("*.jpg"))
+    assert frames == sorted(f"{i}.jpg" for i in range(1, NUM_SYNTHETIC + 1))
+    assert all((report.synthetic_dir / f"{i}.json").is_file() for i in range(1, NUM_SYNTHETIC + 1))
+    days = mpiigaze.find_day_files(report.real_dir)
+    assert len(days) == report.num_days
+    assert all(re.fullmatch(r"p\d\d/day\d\d\.mat", f"{p.parent.name}/{p.name}") for p in days)
+    assert json.loads((report.real_dir / MARKER_NAME).read_text())["seed"] == SEED
+
+
+def test_interrupted_run_is_detectable_and_redone(tmp_path, monkeypatch):
+    gaze_dir = tmp_path / "gaze"
+    calls = []
+
+    def failing_day(*args):
+        calls.append(args)
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the days were written
+
+    monkeypatch.setattr(sample_data, "write_real_day", failing_day)
+    with pytest.raises(KeyboardInterrupt):
+        write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
+    assert calls and not (gaze_dir / "UnityEyes").exists()  # the caller's test: no frames, write again
+    assert (gaze_dir / STAGING_NAME).exists()
+    monkeypatch.undo()
+
+    write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
+    assert not (gaze_dir / STAGING_NAME).exists()
+    assert file_contents(gaze_dir) == file_contents(_fresh(tmp_path / "fresh", 3, 4, 1))
+
+
+def _fresh(gaze_dir, num_synthetic, num_real, seed):
+    write_sample(gaze_dir, num_synthetic=num_synthetic, num_real=num_real, seed=seed, workers=1)
+    return gaze_dir
+
+
+def test_a_half_installed_sample_is_replaced(tmp_path):
+    gaze_dir = _fresh(tmp_path / "gaze", 3, 4, 1)
+    # Interrupted between the two renames: MPIIGaze in place, UnityEyes not yet.
+    (gaze_dir / "UnityEyes").rename(tmp_path / "moved")
+    write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=2, workers=1)
+    assert file_contents(gaze_dir) == file_contents(_fresh(tmp_path / "fresh", 3, 4, 2))
+
+
+def test_data_it_did_not_write_is_never_touched(tmp_path):
+    gaze_dir = tmp_path / "gaze"
+    (gaze_dir / "MPIIGaze").mkdir(parents=True)
+    (gaze_dir / "MPIIGaze" / "readme.txt").write_text("real data")
+    with pytest.raises(FileExistsError, match="not written by data.sample_data"):
+        write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
+    assert (gaze_dir / "MPIIGaze" / "readme.txt").read_text() == "real data"
+    assert not (gaze_dir / "UnityEyes").exists()
+
+
+@pytest.mark.parametrize("arguments", [dict(num_real=3), dict(num_real=0), dict(num_synthetic=0), dict(seed=-1)])
+def test_bad_arguments_are_named(tmp_path, arguments):
+    name = next(iter(arguments))
+    with pytest.raises(ValueError, match=name):
+        write_sample(tmp_path, **{"num_synthetic": 3, "num_real": 4, **arguments})
+
+
+def test_command_line_prints_one_line(tmp_path, capsys):
+    main(["--out", str(tmp_path), "--num_synthetic", "2", "--num_real", "4", "--seed", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "2 UnityEyes frames" in lines[0] and "4 MPIIGaze images" in lines[0]
+    assert len(list((tmp_path / "UnityEyes").glob("*.jpg"))) == 2
+
+
+# ---- formats: what the real loaders read
+
+
+def test_unityeyes_frames_crop_with_nothing_skipped(crops):
+    assert crops.skipped == {}
+    assert len(crops.paths) == NUM_SYNTHETIC
+    assert Image.open(crops.paths[0]).size == (unityeyes.CROP_WIDTH, unityeyes.CROP_HEIGHT)
+
+
+def test_unityeyes_json_has_the_real_keys(sample):
+    directory = sample[1].synthetic_dir
+    with Image.open(directory / "1.jpg") as frame:
+        assert frame.size == (640, 480) and frame.mode == "RGB" and frame.format == "JPEG"
+    info = json.loads((directory / "1.json").read_text())
+    for key in ("interior_margin_2d", "caruncle_2d", "iris_2d", "eye_details", "lighting_details", "head_pose"):
+        assert key in info, key
+    for key in ("look_vec", "pupil_size", "iris_size", "iris_texture"):
+        assert key in info["eye_details"], key
+    assert all(len(unityeyes.parse_vector(p)) == 3 for p in info["iris_2d"] + info["caruncle_2d"])
+    assert len(look_vec(info)) == 4 and look_vec(info)[3] == 0
+
+
+def test_edge_frames_are_padded_not_skipped(tmp_path):
+    # Find frames whose crop box leaves the frame, from the same random streams write_sample uses.
+    edge = []
+    for index in range(1, 2001):
+        eye, _ = sample_data._synthetic_eye(np.random.default_rng([SEED, sample_data._SYNTHETIC, index]))
+        left, top, right, bottom = _crop_box(sample_data.eyelid_margin(eye))
+        if left < 0 or top < 0 or right > 640 or bottom > 480:
+            edge.append(index)
+    assert 0.002 <= len(edge) / 2000 <= 0.03  # EDGE_PLACEMENT_SHARE is 1%
+    sample_data.write_synthetic(SEED, edge[0], edge[0] + 1, tmp_path)
+    report = unityeyes.prepare_crops(tmp_path, workers=1)
+    assert report.skipped == {} and report.padded == [f"{edge[0]}.jpg"]
+
+
+def _crop_box(margin):
+    """The cropper's box: 140x84 around the floored centre of the landmarks' bounding box."""
+    centre = (margin.min(0) + margin.max(0)) / 2
+    left, top = math.floor(centre[0]) - 70, math.floor(centre[1]) - 42
+    return left, top, left + 140, top + 84
+
+
+def test_mpiigaze_days_load_with_the_reader(sample):
+    gaze_dir, report = sample
+    images, gaze = real_images(gaze_dir)
+    assert images.shape == (NUM_REAL, 36, 60) and images.dtype == np.uint8
+    sizes = []
+    for path in mpiigaze.find_day_files(report.real_dir):
+        mat = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=False)
+        data = mat["data"][0, 0]
+        left, right = data.left[0, 0], data.right[0, 0]
+        assert left.image.dtype == np.uint8 and left.gaze.dtype == np.float64
+        assert left.image.shape[1:] == (36, 60) and left.gaze.shape[1] == 3 and left.pose.shape[1] == 3
+        assert left.image.shape == right.image.shape
+        assert mat["filenames"].shape == (len(left.image), 1)
+        assert len(mpiigaze.read_day(path)[0]) == 2 * len(left.image)
+        sizes.append(len(left.image))
+    assert 1 in sizes and max(sizes) > 1  # a one-sample day, which loadmat's squeeze_me flattens
+    assert mat["__header__"].startswith(b"MATLAB 5.0 MAT-file")
+
+
+# ---- labels: conventions and units
+
+
+def test_gaze_vectors_are_unit_length(sample):
+    gaze_dir, report = sample
+    _, gaze = real_images(gaze_dir)
+    np.testing.assert_allclose(np.linalg.norm(gaze, axis=1), 1.0, atol=1e-5)
+    looks = [look_vec(json.loads((report.synthetic_dir / f"{i}.json").read_text()))
+             for i in range(1, NUM_SYNTHETIC + 1)]
+    np.testing.assert_allclose(np.linalg.norm(np.array(looks)[:, :3], axis=1), 1.0, atol=1e-3)
+
+
+def test_look_vec_y_up_puts_the_pupil_above_the_eye_centre(sample):
+    directory = sample[1].synthetic_dir
+    agree, checked = 0, 0
+    for i in range(1, NUM_SYNTHETIC + 1):
+        info = json.loads((directory / f"{i}.json").read_text())
+        if abs(look_vec(info)[1]) < 0.1:
+            continue  # too close to level to tell
+        margin = frame_landmarks(info["interior_margin_2d"])
+        pupil_row = _pupil_row(np.asarray(Image.open(directory / f"{i}.jpg").convert("L"), np.float32), margin)
+        centre_row = (margin[:, 1].min() + margin[:, 1].max()) / 2
+        agree += (pupil_row < centre_row) == (look_vec(info)[1] > 0)  # rows count down, Unity's y up
+        checked += 1
+    assert checked >= 20 and agree >= 0.9 * checked
+
+
+def _pupil_row(frame, margin):
+    """Mean row of the darkest 3% of the eye opening (inside the lid landmarks): the pupil."""
+    mask = Image.new("L", (frame.shape[1], frame.shape[0]))
+    ImageDraw.Draw(mask).polygon([tuple(p) for p in margin], fill=1)
+    rows = np.nonzero(np.asarray(mask, bool))[0]
+    values = frame[np.asarray(mask, bool)]
+    return rows[values <= np.percentile(values, 3)].mean()
+
+
+def test_iris_landmarks_follow_the_look_vec(sample):
+    directory = sample[1].synthetic_dir
+    for i in range(1, NUM_SYNTHETIC + 1):
+        info = json.loads((directory / f"{i}.json").read_text())
+        iris = np.array([unityeyes.parse_vector(p)[:2] for p in info["iris_2d"]]).mean(0)
+        margin = np.array([unityeyes.parse_vector(p)[:2] for p in info["interior_margin_2d"]])
+        ball = (margin.min(0) + margin.max(0)) / 2  # within a few pixels of the eyeball centre
+        offset = iris - ball  # Unity pixels: x right, y up, like look_vec
+        look = look_vec(info)
+        if abs(look[0]) > 0.15:
+            assert np.sign(offset[0]) == np.sign(look[0]), i
+        if abs(look[1]) > 0.2:
+            assert np.sign(offset[1]) == np.sign(look[1]), i
+
+
+def test_mpiigaze_gaze_y_down_moves_the_iris_down():
+    person, day = sample_data.real_person(SEED, 0), sample_data.real_day(SEED, 0, 1)
+    rows = {}
+    for name, pitch in (("up", 10.0), ("down", -25.0)):
+        gaze = sample_data.gaze_vector(pitch, 0.0)
+        image = sample_data.real_image(np.random.default_rng(0), person, day, gaze, inner_side=1)
+        rows[name] = _darkest_block_row(image.astype(np.float32))
+        assert (gaze[1] < 0) == (name == "up")  # MPIIGaze's y points down
+    assert rows["up"] < rows["down"] - 2
+
+
+def _darkest_block_row(image):
+    """Row of the darkest 5x5 block in the middle of a 36x60 eye image: the iris."""
+    smoothed = uniform_filter(image, 5, mode="nearest")[10:28, 8:52]
+    return np.unravel_index(np.argmin(smoothed), smoothed.shape)[0] + 10
+
+
+def test_real_images_follow_their_gaze_labels(tmp_path):
+    gaze_dir = _fresh(tmp_path / "gaze", 1, 200, SEED)
+    images, gaze = real_images(gaze_dir)
+    rows = np.array([_darkest_block_row(image.astype(np.float32)) for image in images])
+    assert np.corrcoef(rows, gaze[:, 1])[0, 1] > 0.3
+    assert (gaze[:, 2] < 0).all()  # toward the camera
+    assert gaze[:, 1].mean() > 0  # mostly down: the laptop screen is below its camera
+
+
+# ---- the two domains: same framing, different appearance
+
+
+def test_both_domains_frame_the_eye_alike(sample):
+    directory = sample[1].synthetic_dir
+    synthetic_widths = []
+    for i in range(1, NUM_SYNTHETIC + 1):
+        margin = frame_landmarks(json.loads((directory / f"{i}.json").read_text())["interior_margin_2d"])
+        synthetic_widths.append(np.ptp(margin[:, 0]) / unityeyes.CROP_WIDTH)
+    real_widths, real_offsets = [], []
+    for person in range(5):
+        traits = sample_data.real_person(SEED, person)
+        for index in range(8):
+            rng = np.random.default_rng([person, index])
+            eye = sample_data._real_eye_shape(rng, traits, sample_data.gaze_vector(-10.0, 5.0), inner_side=1)
+            margin = sample_data.eyelid_margin(eye)
+            real_widths.append(np.ptp(margin[:, 0]) / REAL_WIDTH)
+            real_offsets.append((margin.min(0) + margin.max(0)) / 2 - [REAL_WIDTH / 2, REAL_HEIGHT / 2])
+    assert abs(np.mean(synthetic_widths) - EYE_WIDTH_SHARE) < 0.02
+    assert abs(np.mean(real_widths) - np.mean(synthetic_widths)) < 0.02
+    assert np.abs(np.mean(real_offsets, axis=0)).max() < 0.5  # pixels of 60x36: centred as the crops
+
+
+def test_real_images_are_darker_flatter_and_noisier(sample, crops):
+    gaze_dir, _ = sample
+    synthetic = synthetic_at_real_size(crops.paths)
+    real = real_images(gaze_dir)[0].astype(np.float32)
+    assert real.mean() < synthetic.mean() - 20  # darker
+    assert real.std(axis=(1, 2)).mean() < 0.8 * synthetic.std(axis=(1, 2)).mean()  # lower contrast
+    # Median |Laplacian|: near zero on clean renders (flat skin), the sensor noise on camera images.
+    assert _noise(real) > 4 * _noise(synthetic)
+
+
+def _noise(images):
+    return np.mean([np.median(np.abs(laplace(image))) for image in images])
