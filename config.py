@@ -112,10 +112,11 @@ def check_config(config):
         require(getattr(config, flag) > 0, flag, "must be positive")
     for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d"):
         require(getattr(config, flag) >= 0, flag, "must not be negative")
-    require(config.batch_size >= 2 and config.batch_size % 2 == 0, "batch_size",
-            "must be even and at least 2 (the discriminator takes half refined, half history)")
-    require(config.buffer_size >= config.batch_size, "buffer_size",
-            f"must hold at least one batch (--batch_size={config.batch_size})")
+    if config.is_train:  # refining has no discriminator and no history: any batch size will do
+        require(config.batch_size >= 2 and config.batch_size % 2 == 0, "batch_size",
+                "must be even and at least 2 (the discriminator takes half refined, half history)")
+        require(config.buffer_size >= config.batch_size, "buffer_size",
+                f"must hold at least one batch (--batch_size={config.batch_size})")
     require(config.input_channel in (1, 3), "input_channel", "must be 1 (grayscale) or 3 (RGB)")
     require(config.learning_rate > 0, "learning_rate", "must be positive")
     require(config.max_grad_norm > 0, "max_grad_norm", "must be positive")
@@ -130,3 +131,11 @@ def check_config(config):
             "test mode needs a trained model: pass --load_path=NAME")
     for flag in ("kernel_dims", "stride_size", "channel_dims"):
         require(all(value > 0 for value in getattr(config, flag)), flag, "must be positive integers")
+
+
+def check_config_against_data(config, num_synthetic):
+    """The checks that need the data: raise ConfigError before any training starts."""
+    rows, cols = config.sample_image_grid
+    if config.is_train and rows * cols > num_synthetic:
+        raise ConfigError(f"--sample_image_grid={rows},{cols}: needs {rows * cols} test images but the "
+                          f"synthetic set has {num_synthetic}")

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from config import ConfigError, check_config, get_config  # noqa: E402
+from config import ConfigError, check_config, check_config_against_data, get_config  # noqa: E402
 from data.gaze_data import DataError, load_gaze_data  # noqa: E402
 from trainer import CheckpointError, Trainer, TrainingDiverged  # noqa: E402
 from utils import OutputError, gpu_memory_mb, prepare_dirs, save_config  # noqa: E402
@@ -42,6 +42,7 @@ def run(config):
     prepare_dirs(config)
     set_seeds(config.random_seed)
     data = load_gaze_data(config, load_real=config.is_train)
+    check_config_against_data(config, len(data.synthetic_paths))
     trainer = Trainer(config, data)
     if config.is_train:
         save_config(config)

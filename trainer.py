@@ -49,12 +49,14 @@ class Trainer:
         self.refiner_optimizer.build(self.refiner.trainable_variables)
         self.discriminator_optimizer.build(self.discriminator.trainable_variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adversarial_step")
-        self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size, config.random_seed)
         # The optimizers' `iterations` are the two step counters.
-        self.checkpoint = tf.train.Checkpoint(
-            refiner=self.refiner, discriminator=self.discriminator,
-            refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer,
-            step=self.step, history_buffer=self.history_buffer)
+        tracked = dict(refiner=self.refiner, discriminator=self.discriminator, step=self.step,
+                       refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer)
+        if config.is_train:  # refining never needs the history (25600 images at the default flags)
+            self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size,
+                                                config.random_seed)
+            tracked["history_buffer"] = self.history_buffer
+        self.checkpoint = tf.train.Checkpoint(**tracked)
         self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, config.model_dir, max_to_keep=3)
         self.pretrain_refiner_step = tf.function(self._pretrain_refiner_step)
         self.refiner_step = tf.function(self._refiner_step)

@@ -1,7 +1,7 @@
 """Flags: the original's defaults, parsing without eval, and the up-front checks."""
 import pytest
 
-from config import ConfigError, check_config, defaults, get_config
+from config import ConfigError, check_config, check_config_against_data, defaults, get_config
 
 ORIGINAL_DEFAULTS = {
     "kernel_dims": [], "stride_size": [], "channel_dims": [],
@@ -92,3 +92,16 @@ def test_checks_name_the_flag(argv, flag):
 
 def test_test_mode_with_a_load_path_is_valid():
     check_config(get_config(["--is_train=False", "--load_path=generative_run"]))
+
+
+def test_test_mode_takes_any_batch_size():
+    # Refining has no discriminator halves and no history buffer to fill.
+    check_config(get_config(["--is_train=False", "--load_path=run", "--batch_size=5", "--buffer_size=1"]))
+
+
+def test_a_sample_grid_larger_than_the_synthetic_set_is_caught():
+    config = get_config(["--sample_image_grid=3,3"])
+    check_config_against_data(config, 9)
+    with pytest.raises(ConfigError, match=r"^--sample_image_grid=3,3: needs 9 test images .* has 8$"):
+        check_config_against_data(config, 8)
+
