@@ -12,7 +12,7 @@ import os
 import tarfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data import mpiigaze, unityeyes
 from data.sample_data import write_sample
-from layers import normalize
+from layers import denormalize, normalize
 from utils import OutputError, save_image
 
 MPIIGAZE_URL = "http://datasets.d2.mpi-inf.mpg.de/MPIIGaze/MPIIGaze.tar.gz"
@@ -45,6 +45,7 @@ class GazeData:
     real_gaze: np.ndarray        # (N, 3) float32, MPIIGaze's camera frame
     gaze_dir: str
     is_sample: bool              # the bundled sample, never mixed with real data
+    real_right_eye: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N,) which are right eyes
 
 
 def load_gaze_data(config, load_real=True, download=True):
@@ -58,11 +59,12 @@ def load_gaze_data(config, load_real=True, download=True):
     synthetic_paths = _load_synthetic(synthetic_dir, config.max_synthetic_num)
     real_images = np.zeros((0, *mpiigaze.IMAGE_SHAPE), np.uint8)
     real_gaze = np.zeros((0, 3), np.float32)
+    real_right_eye = np.zeros(0, bool)
     if load_real:
         real_dir = os.path.join(gaze_dir, "MPIIGaze" if is_sample else config.real_image_dir)
-        real_images, real_gaze = _load_real(gaze_dir, real_dir, download and not is_sample)
+        real_images, real_gaze, real_right_eye = _load_real(gaze_dir, real_dir, download and not is_sample)
         _write_real_samples(real_images, os.path.join(gaze_dir, config.sample_dir), config.random_seed)
-    return GazeData(synthetic_paths, synthetic_dir, real_images, real_gaze, gaze_dir, is_sample)
+    return GazeData(synthetic_paths, synthetic_dir, real_images, real_gaze, gaze_dir, is_sample, real_right_eye)
 
 
 # ---- finding the data ----
@@ -109,9 +111,10 @@ def _load_synthetic(directory, max_num):
     report = unityeyes.prepare_crops(directory, max_num=max_num)
     _report_skipped(report.skipped, directory)
     if report.padded:
-        _summary(f"Padded the crop of {len(report.padded)} frames whose eye is at the frame edge", report.padded)
+        _summary(f"Padded the crop of {len(report.padded)} frames whose eye is at the frame edge",
+                 report.padded, "[*]")
     if report.remade:
-        _summary(f"Remade {len(report.remade)} crops of the wrong size", report.remade)
+        _summary(f"Remade {len(report.remade)} crops of the wrong size", report.remade, "[*]")
     if not report.paths:
         found = ", ".join(f"{count} {kind}" for kind, count in report.found.items())
         raise DataError(f"no usable UnityEyes frame in {directory} (found {found or 'nothing'})")
@@ -126,14 +129,74 @@ def read_look_vec(crop_path):
     return np.float32(unityeyes.parse_vector(look_vec)[:3])
 
 
+# ---- gaze labels: one convention for both data sets ----
+
+def look_vec_to_gaze(look_vec):
+    """UnityEyes `look_vec` (..., 3 or 4) -> unit gaze vectors (..., 3) in MPIIGaze's normalised camera frame.
+
+    The one label conversion of the project; every gaze vector it handles is in MPIIGaze's frame:
+    x to the image right, y DOWN, z away from the camera (right-handed), the gaze pointing from the
+    eye to the target, so looking into the camera is (0, 0, -1). UnityEyes writes `look_vec` in
+    Unity's (left-handed) camera space: x to the image right, y UP, z away from the camera, looking
+    into the camera (0, 0, -1) as well. Only y differs: (x, y, z) -> (x, -y, z). Both cameras look at
+    the eye, so x needs no flip: a positive x moves the iris to the image right in both data sets
+    (on the bundled sample the pupil's column follows look_vec x with r = 0.95 and MPIIGaze's gaze x
+    with r = 0.99). UnityEyes' own visualize.py draws look_vec the same way (negating y only).
+    """
+    vectors = np.asarray(look_vec, np.float64)[..., :3] * np.array([1.0, -1.0, 1.0])
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        raise ValueError("look_vec must be finite and non-zero")
+    return (vectors / norms).astype(np.float32)
+
+
+def as_left_eyes(images, gaze, right_eye):
+    """Mirror the right eyes into left eyes: images flipped left-right, gaze x negated; copies.
+
+    MPIIGaze holds both eyes; UnityEyes renders one, laid out as a left eye (the inner corner on the
+    image left). As Zhang et al. do for MPIIGaze, a right eye mirrored about the camera's vertical
+    plane is a left eye whose gaze has the opposite x, so one estimator serves both eyes.
+    """
+    images, gaze, right_eye = np.array(images), np.array(gaze, np.float32), np.asarray(right_eye, bool)
+    images[right_eye] = images[right_eye][:, :, ::-1]
+    gaze[right_eye, 0] *= -1.0
+    return images, gaze
+
+
+def load_synthetic_gaze(paths):
+    """(paths, gaze (N, 3) in MPIIGaze's frame) of the crops whose frame has a usable look_vec."""
+    kept, gaze, skipped = [], [], []
+    for path in paths:
+        try:
+            gaze.append(look_vec_to_gaze(read_look_vec(path)))
+        except (OSError, ValueError, KeyError, TypeError):
+            skipped.append(os.path.basename(path))
+            continue
+        kept.append(path)
+    if skipped:
+        _summary(f"Skipped {len(skipped)} crops without a usable eye_details.look_vec in their .json", skipped)
+    if not kept:
+        raise DataError(f"no UnityEyes crop with a gaze label (eye_details.look_vec) among {len(paths)}")
+    return kept, np.stack(gaze)
+
+
+def split_by_file(paths, validation_share, seed):
+    """(training, validation) lists of paths: a seeded share of the files held out, at least one each."""
+    order = np.random.default_rng(seed).permutation(len(paths))
+    count = min(max(1, round(len(paths) * validation_share)), len(paths) - 1)
+    held_out = set(order[:count].tolist())
+    return ([path for i, path in enumerate(paths) if i not in held_out],
+            [path for i, path in enumerate(paths) if i in held_out])
+
+
 # ---- real: MPIIGaze ----
 
 def _load_real(gaze_dir, real_dir, download):
-    """(images, gaze) from the gaze.npz cache, else from the .mat files (downloaded if missing)."""
+    """(images, gaze, right_eye) from the gaze.npz cache, else from the .mat files (downloaded if missing)."""
     cache = os.path.join(gaze_dir, "gaze.npz")
     if os.path.exists(cache):
         try:
-            return mpiigaze.load_cache(cache)
+            return mpiigaze.load_cache_eyes(cache)
         except ValueError as error:
             print(f"[!] Rebuilding {cache}: {error}")
     day_files = mpiigaze.find_day_files(real_dir)
@@ -142,15 +205,15 @@ def _load_real(gaze_dir, real_dir, download):
         day_files = mpiigaze.find_day_files(real_dir)
     if not day_files:
         raise DataError(f"no MPIIGaze files {os.path.join(real_dir, 'Data', 'Normalized', 'pXX', 'dayYY.mat')}")
-    images, gaze, skipped = mpiigaze.read_days(day_files, root=real_dir)
+    images, gaze, right_eye, skipped = mpiigaze.read_days_eyes(day_files, root=real_dir)
     _report_skipped(skipped, real_dir)
     if not len(images):
         raise DataError(f"no usable MPIIGaze file in {real_dir} ({len(day_files)} .mat files, all skipped)")
     try:
-        mpiigaze.save_cache(cache, images, gaze)
+        mpiigaze.save_cache(cache, images, gaze, right_eye)
     except OSError as error:
         print(f"[!] Cannot cache the real images in {cache} ({error.strerror}); they will be read again next run")
-    return images, gaze
+    return images, gaze, right_eye
 
 
 def _write_real_samples(real_images, sample_dir, seed):
@@ -238,10 +301,10 @@ def _check_member(member, root):
 
 # ---- reporting ----
 
-def _summary(message, names):
+def _summary(message, names, marker="[!]"):
     shown = ", ".join(str(name) for name in names[:_SHOWN_NAMES])
     more = f" and {len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
-    print(f"[!] {message}: {shown}{more}")
+    print(f"{marker} {message}: {shown}{more}")
 
 
 def _report_skipped(skipped, directory):
@@ -294,4 +357,36 @@ def real_dataset(real_images, input_shape, batch_size, seed):
     indices = indices.shuffle(len(real_images), seed=seed, reshuffle_each_iteration=True).repeat()
     batches = indices.batch(batch_size, drop_remainder=True)
     return batches.map(lambda index: normalize(tf.cast(tf.gather(images, index), tf.float32)),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def load_crops(paths, input_shape, batch_size, refine=None, desc="Load synthetic images"):
+    """Every crop once, in order, as uint8 (N, H, W, C) at the network's input size; refined first if refine.
+
+    refine (a function of a [-1, 1] batch) runs inside the tf.data pipeline, batch by batch. The result
+    is quantised as test mode's PNGs are, so training on it equals training on refined images written
+    to disk, without the disk.
+    """
+    dataset = synthetic_dataset(paths, input_shape, batch_size, 0, training=False)
+    if refine is not None:
+        dataset = dataset.map(lambda images, names: (refine(images), names))
+    loaded = np.empty((len(paths), *input_shape), np.uint8)
+    start = 0
+    for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc):
+        loaded[start:start + len(images)] = denormalize(images)
+        start += len(images)
+    return loaded
+
+
+def labelled_dataset(images, gaze, batch_size, seed=None):
+    """(images in [-1, 1], gaze) batches from uint8 images in memory.
+
+    seed given: shuffled with it, reshuffled each epoch, repeated, fixed-size batches (one trace of
+    the training step). seed None: in order, once, the last partial batch included.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(gaze, np.float32)))
+    if seed is not None:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=seed is not None)
+    return dataset.map(lambda batch, labels: (normalize(tf.cast(batch, tf.float32)), labels),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

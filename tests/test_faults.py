@@ -1,5 +1,8 @@
-"""Faults during training: kill -9 and resume, SIGTERM, a NaN loss. Nothing is lost, nothing half-written."""
+"""Faults: kill -9 and resume, SIGTERM, a NaN loss, bad files, interrupted refining. Nothing is lost."""
+import ast
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from config import get_config
 from data.gaze_data import load_gaze_data
@@ -127,3 +131,96 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, 
     assert tf.train.latest_checkpoint(config.model_dir) == good
     assert counters(checkpoint_state(config.model_dir)) == (6, 4, 2)
     assert sorted(f for f in os.listdir(config.model_dir) if f.endswith('.index')) == ['ckpt-10.index']
+
+
+# ---- bad input, as a user brings it ----
+
+def corrupt(gaze_dir):
+    """Break a few files of every kind in a copy of the sample; returns what the run must report."""
+    unity = gaze_dir / "UnityEyes"
+    (unity / "1.jpg").write_bytes(b"")
+    (unity / "2.jpg").write_bytes((unity / "2.jpg").read_bytes()[:500])
+    (unity / "3.json").write_text("{not json")
+    (unity / "4.json").write_text(json.dumps({"interior_margin_2d": ["__import__('os').system('touch PWNED')"]}))
+    (unity / "5.json").unlink()
+    (unity / "notes.txt").write_text("a stray file")
+    Image.new("L", (10, 10)).save(unity / "stray.png")
+    day = sorted((gaze_dir / "MPIIGaze").rglob("*.mat"))[-1]
+    day.write_bytes(day.read_bytes()[:200])
+    return ["(truncated or unreadable image): 1.jpg, 2.jpg", "(invalid JSON): 3.json",
+            "(non-numeric or malformed interior_margin_2d): 4.json", "(.jpg without its .json): 5.jpg",
+            "not named {i}_cropped.png): stray.png", f"(truncated or unreadable .mat): Data/Normalized/{day.parent.name}/{day.name}"]
+
+
+def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(data_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*_cropped.png", "gaze.npz", "samples"))
+    expected = corrupt(copy / "gaze")
+    result = subprocess.run([sys.executable, "main.py", *folders(copy, tmp_path), *SCHEDULE, "--max_step=1",
+                             "--load_path=run"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in expected:
+        assert line in result.stdout, (line, result.stdout)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "PWNED").exists() and not os.path.exists(os.path.join(ROOT, "PWNED"))
+    assert tf.train.latest_checkpoint(str(tmp_path / "logs" / "generative_run"))
+
+
+def test_no_eval_or_exec_in_the_program():
+    # The tests hold attack strings on purpose; the program must hold no call that would run them.
+    skipped = (os.path.join(ROOT, ".venv"), os.path.join(ROOT, "tests"))
+    sources = [os.path.join(folder, name) for folder, _, names in os.walk(ROOT) if not folder.startswith(skipped)
+               for name in names if name.endswith(".py")]
+    assert len(sources) >= 10
+    for path in sources:
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        calls = [node.func.id for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+        assert not {"eval", "exec", "compile", "__import__"} & set(calls), path
+
+
+# ---- test mode ----
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A run trained for one iteration; its folders."""
+    root = tmp_path_factory.mktemp("trained")
+    result = subprocess.run([sys.executable, "main.py", *folders(data_dir, root), *SCHEDULE, "--max_step=1",
+                             "--load_path=run"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def refine(data_dir, root, *flags):
+    return subprocess.run([sys.executable, "main.py", *folders(data_dir, root), "--is_train=False",
+                           "--load_path=run", *flags], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_refining_again_after_an_interruption_finishes_only_the_rest(data_dir, trained):
+    assert refine(data_dir, trained).returncode == 0
+    outputs = trained / "outputs" / "generative_run"
+    files = sorted(os.listdir(outputs))
+    assert len(files) == 16
+    kept = {name: os.stat(outputs / name).st_mtime_ns for name in files[5:]}
+    for name in files[:5]:
+        os.remove(outputs / name)  # as if the first run had been killed
+    result = refine(data_dir, trained)
+    assert result.returncode == 0 and "11 images already refined" in result.stdout
+    assert sorted(os.listdir(outputs)) == files
+    assert {name: os.stat(outputs / name).st_mtime_ns for name in files[5:]} == kept
+
+
+def test_refining_never_writes_into_the_input_folder(data_dir, trained):
+    inputs = trained / "outputs" / "generative_run"
+    before = sorted(os.listdir(inputs))
+    result = refine(data_dir, trained, f"--synthetic_image_dir={data_dir / 'gaze' / 'UnityEyes'}",
+                    f"--output_dir={data_dir / 'gaze'}")
+    assert result.returncode == 0  # the output folder differs from the input: allowed
+    shutil.copytree(data_dir / "gaze" / "UnityEyes", trained / "in" / "generative_run")
+    result = refine(data_dir, trained, f"--synthetic_image_dir={trained / 'in' / 'generative_run'}",
+                    f"--output_dir={trained / 'in'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("[!] --output_dir would write into the input folder")
+    assert sorted(os.listdir(inputs)) == before

@@ -1,0 +1,72 @@
+"""Run folders, atomic writes and image grids: outputs are whole or absent, errors are one line."""
+import errno
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from config import get_config
+from utils import OutputError, atomic_write, img_tile, model_name, prepare_dirs, save_image
+
+
+def test_model_name_follows_the_original():
+    assert model_name(get_config(["--load_path=run"])) == "generative_run"
+    assert model_name(get_config(["--load_path=logs/generative_run/"])) == "generative_run"
+    assert model_name(get_config(["--task=estimation", "--load_path=x"])) == "estimation_x"
+    assert model_name(get_config([])).startswith("generative_20")
+
+
+def test_prepare_dirs_creates_what_each_mode_writes(tmp_path):
+    flags = [f"--log_dir={tmp_path / 'logs'}", f"--sample_dir={tmp_path / 'samples'}",
+             f"--output_dir={tmp_path / 'outputs'}", "--load_path=run"]
+    prepare_dirs(get_config(flags))
+    assert sorted(os.listdir(tmp_path)) == ["logs", "samples"]
+    prepare_dirs(get_config(flags + ["--is_train=False"]))
+    assert os.path.isdir(tmp_path / "outputs" / "generative_run")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OutputError, match="^cannot create folder .*file.*generative_run"):
+        prepare_dirs(get_config([f"--log_dir={tmp_path / 'file'}", "--load_path=run"]))
+
+
+def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "params.json"
+    path.write_bytes(b"previous")
+
+    def write_until_full(handle):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write(str(path), write_until_full)
+    assert path.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["params.json"]
+
+
+def test_an_interrupted_write_leaves_no_temporary(tmp_path):
+    def interrupted(handle):
+        handle.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(tmp_path / "grid.png"), interrupted)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_image_writes_a_grayscale_png(tmp_path):
+    pixels = np.arange(35 * 55, dtype=np.uint8).reshape(35, 55, 1)
+    save_image(pixels, str(tmp_path / "a.png"))
+    with Image.open(tmp_path / "a.png") as image:
+        assert image.mode == "L"
+        np.testing.assert_array_equal(np.asarray(image), pixels[..., 0])
+
+
+def test_img_tile_places_images_in_rows_with_a_white_border():
+    images = np.stack([np.full((2, 3, 1), value, np.uint8) for value in (10, 20, 30)])
+    grid = img_tile(images, rows=2, cols=2)
+    assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 1)
+    assert grid[1, 1, 0] == 10 and grid[1, 5, 0] == 20 and grid[4, 1, 0] == 30
+    assert grid[4, 5, 0] == 255 and grid[0, :, 0].min() == 255 and grid[3, :, 0].min() == 255
