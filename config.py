@@ -9,6 +9,8 @@ import argparse
 import re
 import sys
 
+MIN_ESTIMATOR_INPUT = 19  # model.MIN_ESTIMATOR_INPUT; config.py imports no TensorFlow
+
 
 class ConfigError(ValueError):
     """A flag value that cannot work; str(e) names the flag and the value."""
@@ -62,7 +64,9 @@ def _build_parser():
 
     train = parser.add_argument_group("Training")
     train.add_argument("--task", default="generative", choices=["generative", "estimation"], help="generative: train or apply the refiner; estimation: the gaze estimator")
-    train.add_argument("--is_train", type=str2bool, default=True, help="False: refine every synthetic image with the model at --load_path")
+    train.add_argument("--is_train", type=str2bool, default=True,
+                       help="False: refine every synthetic image with the model at --load_path "
+                            "(--task=estimation: evaluate the estimator at --load_path on the real images)")
     train.add_argument("--max_step", type=int, default=10000, help="adversarial iterations after pre-training")
     train.add_argument("--reg_scale", type=float, default=0.5, help="lambda: weight of the self-regularization (L1) loss")
     train.add_argument("--initial_K_g", type=int, default=1000, help="refiner pre-training steps (self-regularization only)")
@@ -72,6 +76,8 @@ def _build_parser():
     train.add_argument("--batch_size", type=int, default=512, help="images per batch (even: the discriminator takes half refined, half history)")
     train.add_argument("--buffer_size", type=int, default=25600, help="refined images kept in the history buffer")
     train.add_argument("--num_epochs", type=int, default=12, help="unused by the GAN loop; the estimator's epoch cap")
+    train.add_argument("--validation_share", type=float, default=0.1,
+                       help="estimator: share of the synthetic files held out to decide when to stop")
     train.add_argument("--random_seed", type=int, default=123, help="seeds numpy, TensorFlow and the data order")
     train.add_argument("--learning_rate", type=float, default=0.001, help="learning rate of both optimizers")
     train.add_argument("--checkpoint_secs", type=int, default=300, help="seconds between checkpoints")
@@ -84,6 +90,8 @@ def _build_parser():
     misc.add_argument("--sample_dir", default="samples", help="sample grids go in SAMPLE_DIR/NAME")
     misc.add_argument("--output_dir", default="outputs", help="test mode writes refined images to OUTPUT_DIR/NAME")
     misc.add_argument("--load_path", default="", help="model name (or path) to resume from or to refine with")
+    misc.add_argument("--refiner_path", default="",
+                      help="estimator: train on crops refined by this generative model (name under LOG_DIR, or path)")
     misc.add_argument("--debug", type=str2bool, default=False, help="print the losses of every step")
     misc.add_argument("--gpu_memory_fraction", type=float, default=1.0, help="share of GPU memory TensorFlow may take (1.0: grow as needed)")
     misc.add_argument("--max_image_summary", type=int, default=7, help="images per TensorBoard image summary")
@@ -112,7 +120,7 @@ def check_config(config):
         require(getattr(config, flag) > 0, flag, "must be positive")
     for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d"):
         require(getattr(config, flag) >= 0, flag, "must not be negative")
-    if config.is_train:  # refining has no discriminator and no history: any batch size will do
+    if config.is_train and config.task == "generative":  # refining and the estimator: any batch size will do
         require(config.batch_size >= 2 and config.batch_size % 2 == 0, "batch_size",
                 "must be even and at least 2 (the discriminator takes half refined, half history)")
         require(config.buffer_size >= config.batch_size, "buffer_size",
@@ -131,11 +139,26 @@ def check_config(config):
             "test mode needs a trained model: pass --load_path=NAME")
     for flag in ("kernel_dims", "stride_size", "channel_dims"):
         require(all(value > 0 for value in getattr(config, flag)), flag, "must be positive integers")
+    require(0 < config.validation_share < 1, "validation_share", "must be between 0 and 1")
+    require(not config.refiner_path or config.task == "estimation", "refiner_path",
+            "refines the estimator's training images: use it with --task=estimation")
+    if config.task == "estimation":
+        for flag in ("input_height", "input_width"):
+            require(getattr(config, flag) >= MIN_ESTIMATOR_INPUT, flag,
+                    f"the estimator's unpadded convolutions need at least {MIN_ESTIMATOR_INPUT}")
 
 
 def check_config_against_data(config, num_synthetic):
     """The checks that need the data: raise ConfigError before any training starts."""
     rows, cols = config.sample_image_grid
-    if config.is_train and rows * cols > num_synthetic:
+    if config.is_train and config.task == "generative" and rows * cols > num_synthetic:
         raise ConfigError(f"--sample_image_grid={rows},{cols}: needs {rows * cols} test images but the "
                           f"synthetic set has {num_synthetic}")
+
+
+def check_estimation_split(config, num_training, num_validation):
+    """The estimator needs a full training batch and a validation image: ConfigError before training."""
+    if num_validation < 1 or num_training < config.batch_size:
+        raise ConfigError(f"--batch_size={config.batch_size}: the estimator's training split holds {num_training} "
+                          f"labelled crops (--validation_share={config.validation_share} of the synthetic set "
+                          f"held out); use a smaller batch or more synthetic images")

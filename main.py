@@ -1,4 +1,8 @@
-"""SimGAN command line: `python main.py` trains, `--is_train=False --load_path=NAME` refines."""
+"""SimGAN command line: `python main.py` trains, `--is_train=False --load_path=NAME` refines.
+
+`--task=estimation` trains the paper's gaze estimator (on refined crops with `--refiner_path=NAME`)
+and evaluates it on the real images; with `--is_train=False --load_path=NAME` it evaluates again.
+"""
 import os
 import random
 import sys
@@ -10,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 
 from config import ConfigError, check_config, check_config_against_data, get_config  # noqa: E402
 from data.gaze_data import DataError, load_gaze_data  # noqa: E402
-from trainer import CheckpointError, Trainer, TrainingDiverged  # noqa: E402
+from trainer import CheckpointError, EstimatorTrainer, Trainer, TrainingDiverged  # noqa: E402
 from utils import OutputError, gpu_memory_mb, prepare_dirs, save_config  # noqa: E402
 
 USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged)
@@ -36,13 +40,22 @@ def configure_gpus(memory_fraction):
 
 
 def run(config):
-    """Check the flags, prepare folders and data, then train or refine."""
+    """Check the flags, prepare folders and data, then train or refine (or train or evaluate the estimator)."""
     check_config(config)
     configure_gpus(config.gpu_memory_fraction)
     prepare_dirs(config)
     set_seeds(config.random_seed)
-    data = load_gaze_data(config, load_real=config.is_train)
+    estimation = config.task == "estimation"
+    data = load_gaze_data(config, load_real=config.is_train or estimation)
     check_config_against_data(config, len(data.synthetic_paths))
+    if estimation:
+        trainer = EstimatorTrainer(config, data)
+        if config.is_train:
+            save_config(config)
+            trainer.train()
+        else:
+            trainer.evaluate()
+        return
     trainer = Trainer(config, data)
     if config.is_train:
         save_config(config)

@@ -1,5 +1,6 @@
 """The networks and their losses, as pure functions: no optimizers, no I/O."""
 import keras
+import numpy as np
 import tensorflow as tf
 
 from layers import conv2d, resnet_block
@@ -65,3 +66,63 @@ def discriminator_losses(fake_logits, real_logits):
         "refiner_d_loss_with_history": tf.reduce_mean(fake),
         "discrim_loss_with_history": tf.reduce_mean(fake + real),
     }
+
+
+# ---- the gaze estimator of the paper's evaluation (Shrivastava et al. 2017, section 4.2) ----
+
+MAX_WITHIN_DEGREES = 25  # the paper's Figure 7 plots the share of images within 0..25 degrees
+# The smallest height or width the estimator's unpadded convs and pools accept:
+# 19 -> 13 after three convs -> 6 after pool1 -> 2 after two convs -> 1 after pool2.
+MIN_ESTIMATOR_INPUT = 19
+
+
+def _valid_conv(filters, kernel_size, name):
+    """An unpadded ReLU convolution, Glorot weights, zero bias."""
+    return keras.layers.Conv2D(filters, kernel_size, padding="valid", activation="relu",
+                               kernel_initializer="glorot_uniform", bias_initializer="zeros", name=name)
+
+
+def build_estimator(input_shape):
+    """The paper's gaze estimator: five 3x3 convs, two max-pools, then 9600 -> 1000 -> 3.
+
+    Unpadded convolutions and pools: that is what makes the paper's "9600" the flattened size of the
+    last feature map at 35x55 (5 x 10 x 192 = 9600). With 'SAME' padding it would be 8 x 13 x 192 =
+    19968, and a fully connected layer of 9600 after it would hold 192M weights.
+    """
+    images = keras.Input(input_shape, name="images")                  # (batch, 35, 55, 1)
+    hidden = _valid_conv(32, 3, "conv1")(images)                      # (batch, 33, 53, 32)
+    hidden = _valid_conv(32, 3, "conv2")(hidden)                      # (batch, 31, 51, 32)
+    hidden = _valid_conv(64, 3, "conv3")(hidden)                      # (batch, 29, 49, 64)
+    hidden = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(hidden)  # (batch, 14, 24, 64)
+    hidden = _valid_conv(80, 3, "conv4")(hidden)                      # (batch, 12, 22, 80)
+    hidden = _valid_conv(192, 3, "conv5")(hidden)                     # (batch, 10, 20, 192)
+    hidden = keras.layers.MaxPooling2D(2, strides=2, name="pool2")(hidden)  # (batch, 5, 10, 192)
+    hidden = keras.layers.Flatten(name="flatten")(hidden)            # (batch, 9600)
+    hidden = keras.layers.Dense(1000, activation="relu", kernel_initializer="glorot_uniform", name="fc")(hidden)
+    gaze = keras.layers.Dense(3, kernel_initializer="glorot_uniform", name="gaze")(hidden)  # (batch, 3)
+    return keras.Model(images, gaze, name="estimator")
+
+
+def euclidean_loss(predicted, gaze):
+    """Caffe's EuclideanLoss, the paper's: sum of squared differences over 2 * batch."""
+    difference = tf.cast(predicted, tf.float32) - tf.cast(gaze, tf.float32)
+    return 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(difference), axis=-1))
+
+
+def angular_error(predicted, gaze):
+    """Degrees between predicted and true gaze directions, of any lengths: (batch,).
+
+    float64, so a perfect prediction measures 0 and not arccos's float32 floor of about 0.02 degrees;
+    a zero prediction has no direction and counts as 90 degrees off.
+    """
+    predicted = tf.math.l2_normalize(tf.cast(predicted, tf.float64), axis=-1)
+    gaze = tf.math.l2_normalize(tf.cast(gaze, tf.float64), axis=-1)
+    cosine = tf.clip_by_value(tf.reduce_sum(predicted * gaze, axis=-1), -1.0, 1.0)
+    return tf.acos(cosine) * (180.0 / np.pi)
+
+
+def share_within(errors, max_degrees=MAX_WITHIN_DEGREES):
+    """The share of errors (degrees) of at most d degrees, for d = 0, 1, ..., max_degrees: (max_degrees + 1,)."""
+    errors = tf.reshape(tf.cast(errors, tf.float64), (-1, 1))
+    thresholds = tf.range(max_degrees + 1, dtype=tf.float64)[None, :]
+    return tf.reduce_mean(tf.cast(errors <= thresholds, tf.float64), axis=0)

@@ -2,7 +2,10 @@
 
 Read top to bottom: construction, the three step functions (pure arithmetic,
 one tf.function each), the training schedule that calls them, then test mode.
+At the end, EstimatorTrainer: the gaze estimator of --task=estimation, trained on
+synthetic (or refined) crops and evaluated on the real images.
 """
+import json
 import os
 import signal
 import time
@@ -12,11 +15,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from data.gaze_data import synthetic_dataset, real_dataset
+from config import check_estimation_split
+from data.gaze_data import (as_left_eyes, labelled_dataset, load_crops, load_synthetic_gaze, real_dataset,
+                            resize_real, split_by_file, synthetic_dataset)
 from data.history_buffer import HistoryBuffer
 from layers import denormalize
-from model import build_discriminator, build_refiner, discriminator_losses, refiner_losses, self_regularization
-from utils import OutputError, img_tile, save_image
+from model import (MAX_WITHIN_DEGREES, angular_error, build_discriminator, build_estimator, build_refiner,
+                   discriminator_losses, euclidean_loss, refiner_losses, self_regularization, share_within)
+from utils import OutputError, atomic_write, img_tile, save_image
 
 
 class CheckpointError(RuntimeError):
@@ -286,3 +292,286 @@ class _StopRequests:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+# ---- the gaze estimator: --task=estimation ----
+
+EARLY_STOPPING_PATIENCE = 3  # epochs without a lower validation error before training stops
+EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
+LOAD_BATCH = 128  # images refined at once while loading: bounds the refiner's activations in memory
+
+
+def find_refiner_checkpoint(refiner_path, log_dir):
+    """The latest checkpoint of a generative model: a path, a name under log_dir, or that name less `generative_`."""
+    tried = list(dict.fromkeys([refiner_path, os.path.join(log_dir, refiner_path),
+                                os.path.join(log_dir, f"generative_{refiner_path}")]))
+    for folder in tried:
+        latest = tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
+        if latest:
+            return latest
+    raise CheckpointError(f"--refiner_path={refiner_path}: no checkpoint in {', '.join(tried)}; "
+                          f"train a generative model first")
+
+
+def load_refiner(checkpoint_path, image_shape):
+    """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
+    refiner = build_refiner(image_shape)
+    try:
+        status = tf.train.Checkpoint(refiner=refiner).restore(checkpoint_path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"--refiner_path: no refiner of this input size in {checkpoint_path}: {message}") from None
+    return refiner
+
+
+class EstimatorTrainer:
+    """The paper's evaluation: train the gaze estimator on synthetic (or refined) crops, test it on real eyes.
+
+    The synthetic set is split by file into training and validation; the validation error decides
+    when to stop and which weights to keep (MODEL_DIR/best). The real images are only ever evaluated.
+    """
+
+    def __init__(self, config, data):
+        self.config = config
+        self.data = data
+        self.image_shape = (config.input_height, config.input_width, config.input_channel)
+        self.estimator = build_estimator(self.image_shape)
+        self.optimizer = make_optimizer(config)
+        self.optimizer.build(self.estimator.trainable_variables)
+        # Epochs and the early-stopping state live in the checkpoint, so a resumed run stops where it would have.
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_error = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_validation_error")
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        self.best_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_step")
+        self.stale_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_epochs")
+        progress = dict(best_error=self.best_error, best_epoch=self.best_epoch, best_step=self.best_step)
+        self.checkpoint = tf.train.Checkpoint(estimator=self.estimator, optimizer=self.optimizer, epoch=self.epoch,
+                                              stale_epochs=self.stale_epochs, **progress)
+        self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, config.model_dir, max_to_keep=1)
+        self.best_checkpoint = tf.train.Checkpoint(estimator=self.estimator, **progress)
+        self.best_manager = tf.train.CheckpointManager(self.best_checkpoint, os.path.join(config.model_dir, "best"),
+                                                       max_to_keep=1, checkpoint_name="estimator")
+        self.train_step = tf.function(self._train_step)
+        # Any batch size, one trace: evaluation's last batch is smaller than the rest.
+        self.predict = tf.function(self._predict, input_signature=[tf.TensorSpec((None, *self.image_shape),
+                                                                                 tf.float32)])
+
+    def _predict(self, images):
+        return self.estimator(images, training=False)
+
+    def _train_step(self, images, gaze):
+        """One Adam step on the Euclidean loss; returns the loss and the batch's mean angular error."""
+        with tf.GradientTape() as tape:
+            predicted = self.estimator(images, training=True)
+            loss = euclidean_loss(predicted, gaze)
+        gradients = tape.gradient(loss, self.estimator.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.estimator.trainable_variables))
+        return loss, tf.reduce_mean(angular_error(predicted, gaze))
+
+    # ---- training ----
+
+    def train(self):
+        """Train until the validation error stops improving (or --num_epochs), then evaluate the best weights."""
+        self._restore()
+        if int(self.epoch) < self.config.num_epochs and int(self.stale_epochs) < EARLY_STOPPING_PATIENCE:
+            training, validation = self._load_synthetic()
+            self.summary_writer = tf.summary.create_file_writer(self.config.model_dir)
+            with self.summary_writer.as_default(), _StopRequests() as stop_requests:
+                if not self._train_epochs(training, validation, stop_requests):
+                    self._save()
+                    print(f"[*] Stopped; resume with --load_path={self.config.model_name}")
+                    return
+            self._save()
+        self.evaluate()
+
+    def _load_synthetic(self):
+        """(training, validation) as (uint8 images, gaze) in memory, refined by --refiner_path if given."""
+        paths, gaze = load_synthetic_gaze(self.data.synthetic_paths)
+        label = dict(zip(paths, gaze))
+        training, validation = split_by_file(paths, self.config.validation_share, self.config.random_seed)
+        check_estimation_split(self.config, len(training), len(validation))
+        refine, kind = None, "synthetic"
+        if self.config.refiner_path:
+            checkpoint = find_refiner_checkpoint(self.config.refiner_path, self.config.log_dir)
+            refine, kind = load_refiner(checkpoint, self.image_shape), "refined"
+            print(f"[*] Training on synthetic crops refined by {checkpoint} (refined once, kept in memory)")
+        print(f"[*] {len(training)} {kind} images to train on, {len(validation)} to validate on (by file, "
+              f"seed {self.config.random_seed}); {len(self.data.real_images)} real images to test on")
+        loaded = []
+        for name, split in (("training", training), ("validation", validation)):
+            images = load_crops(split, self.image_shape, LOAD_BATCH, refine,
+                                desc=f"{'Refine' if refine else 'Load'} {name} images")
+            loaded.append((images, np.stack([label[path] for path in split])))
+        return loaded
+
+    def _train_epochs(self, training, validation, stop_requests):
+        """Epochs until the cap or the patience runs out; False when a stop was requested."""
+        batch = self.config.batch_size
+        steps_per_epoch = len(training[0]) // batch
+        seed = self.config.random_seed + int(self.optimizer.iterations)  # a resumed run sees fresh batches
+        batches = iter(labelled_dataset(*training, batch, seed))
+        validation_batches = labelled_dataset(*validation, batch)
+        self.last_save = time.monotonic()
+        while int(self.epoch) < self.config.num_epochs and int(self.stale_epochs) < EARLY_STOPPING_PATIENCE:
+            if not self._train_epoch(batches, steps_per_epoch, stop_requests):
+                return False
+            self._end_epoch(validation_batches)
+        if int(self.stale_epochs) >= EARLY_STOPPING_PATIENCE:
+            print(f"[*] Validation error has not improved for {EARLY_STOPPING_PATIENCE} epochs: stopping")
+        return True
+
+    def _train_epoch(self, batches, steps_per_epoch, stop_requests):
+        """One pass over the training split (resumed mid-epoch where the checkpoint left it)."""
+        epoch = int(self.epoch)
+        done = min(max(int(self.optimizer.iterations) - epoch * steps_per_epoch, 0), steps_per_epoch)
+        for _ in tqdm(range(done, steps_per_epoch), desc=f"Train estimator, epoch {epoch + 1}",
+                      initial=done, total=steps_per_epoch):
+            images, gaze = next(batches)
+            if int(self.optimizer.iterations) == 0:
+                self._write_training_images(images)
+            loss, error = self.train_step(images, gaze)
+            step, loss, error = int(self.optimizer.iterations), float(loss), float(error)
+            if not np.isfinite(loss):
+                raise TrainingDiverged(f"estimator/loss is {loss} at step {step}; the last good checkpoint "
+                                       f"is {self.checkpoint_manager.latest_checkpoint or 'none'}")
+            if self.config.debug:
+                tqdm.write(f"[*] step {step}: loss={loss:.4f}, angular_error={error:.2f}")
+            if step % self.config.log_step == 0:
+                tf.summary.scalar("estimator/loss", loss, step=step)
+                tf.summary.scalar("estimator/angular_error", error, step=step)
+            if time.monotonic() - self.last_save >= self.config.checkpoint_secs:
+                self._save()
+            if stop_requests.requested:
+                return False
+        return True
+
+    def _end_epoch(self, validation_batches):
+        """Validate; keep the weights if they are the best so far; count the epochs since."""
+        error = float(np.mean(self._errors(validation_batches)))
+        self.epoch.assign_add(1)
+        epoch, step = int(self.epoch), int(self.optimizer.iterations)
+        tf.summary.scalar("validation/angular_error", error, step=step)
+        self.summary_writer.flush()
+        if error < float(self.best_error):
+            self.best_error.assign(error)
+            self.best_epoch.assign(epoch)
+            self.best_step.assign(step)
+            self.stale_epochs.assign(0)
+            self._save(self.best_manager, epoch)
+        else:
+            self.stale_epochs.assign_add(1)
+        tqdm.write(f"[*] Epoch {epoch}/{self.config.num_epochs}: validation error {error:.2f} degrees "
+                   f"(best {float(self.best_error):.2f}, epoch {int(self.best_epoch)})")
+        self._save()
+
+    def _write_training_images(self, images):
+        """What the estimator's first step receives (synthetic or refined), as a grid and an image summary."""
+        pixels = denormalize(images)
+        tf.summary.image("estimator/training_images", pixels, step=0, max_outputs=self.config.max_image_summary)
+        rows, cols = self.config.sample_image_grid
+        save_image(img_tile(pixels, rows, cols), os.path.join(self.config.sample_model_dir, "training_images.png"))
+
+    def _errors(self, batches):
+        """Angular errors (degrees) of every image of (images, gaze) batches: (N,) float64."""
+        return np.concatenate([angular_error(self.predict(images), gaze).numpy() for images, gaze in batches])
+
+    # ---- evaluation on the real images ----
+
+    def evaluate(self):
+        """Mean angular error and the share within 0..25 degrees on the real images: table, TensorBoard, JSON."""
+        checkpoint = self._restore_best()
+        images, gaze = as_left_eyes(self.data.real_images, self.data.real_gaze, self.data.real_right_eye)
+        real = labelled_dataset(resize_real(images, self.image_shape), gaze, self.config.batch_size)
+        errors = self._errors(tqdm(real, total=-(-len(images) // self.config.batch_size), desc="Evaluate on real images"))
+        within = share_within(errors).numpy()
+        params = self._training_params()
+        results = {
+            "model": self.config.model_name, "checkpoint": checkpoint,
+            "trained_on": "refined" if params.get("refiner_path") else "synthetic",
+            "refiner_path": params.get("refiner_path", ""),
+            "best_epoch": int(self.best_epoch), "best_step": int(self.best_step),
+            "validation_angular_error": float(self.best_error),
+            "real_images": len(errors), "right_eyes_mirrored": int(np.sum(self.data.real_right_eye)),
+            "is_sample": bool(self.data.is_sample),
+            "mean_angular_error": float(np.mean(errors)), "median_angular_error": float(np.median(errors)),
+            "share_within_degrees": {str(degrees): float(share) for degrees, share in enumerate(within)},
+        }
+        table = evaluation_table(results)
+        print(table)
+        self._write_evaluation_summaries(results, within, table)
+        path = os.path.join(self.config.model_dir, EVALUATION_FILE)
+        atomic_write(path, lambda handle: handle.write(json.dumps(results, indent=4).encode()))
+        print(f"[*] Wrote {path}")
+        return results
+
+    def _write_evaluation_summaries(self, results, within, table):
+        step = int(self.best_step)  # the step of the weights evaluated, in training and evaluation mode alike
+        with tf.summary.create_file_writer(self.config.model_dir).as_default() as writer:
+            tf.summary.scalar("real/angular_error", results["mean_angular_error"], step=step)
+            tf.summary.scalar("real/within_7_degrees", within[7], step=step)
+            for degrees, share in enumerate(within):  # the paper's Figure 7: x-axis degrees, not steps
+                tf.summary.scalar("real/share_within_degrees", share, step=degrees)
+            tf.summary.text("real/evaluation", f"<pre>{table}</pre>", step=step)
+            writer.flush()
+
+    def _training_params(self):
+        """The flags the model was trained with (params.json), or {} if they were not saved."""
+        try:
+            with open(os.path.join(self.config.model_dir, "params.json"), "rb") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return {}
+
+    # ---- checkpoints ----
+
+    def _save(self, manager=None, number=None):
+        """Write the training state (or, with the best manager, the best weights)."""
+        manager = manager or self.checkpoint_manager
+        try:
+            path = manager.save(checkpoint_number=int(self.optimizer.iterations) if number is None else number)
+        except (OSError, tf.errors.OpError) as error:
+            raise OutputError(f"cannot write a checkpoint in {manager.directory}: {error}") from None
+        self.last_save = time.monotonic()
+        return path
+
+    def _restore(self):
+        """Resume the training state of the model folder, if it has one."""
+        latest = self.checkpoint_manager.latest_checkpoint
+        if latest is None:
+            return
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as error:
+            message = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"cannot restore {latest} (was it made with other flags?): {message}") from None
+        tqdm.write(f"[*] Restored {latest}: epoch {int(self.epoch)}, step {int(self.optimizer.iterations)}, "
+                   f"best validation error {float(self.best_error):.2f} (epoch {int(self.best_epoch)})")
+
+    def _restore_best(self):
+        """Load the weights of the best validation epoch; CheckpointError if there are none."""
+        latest = self.best_manager.latest_checkpoint
+        if latest is None:
+            raise CheckpointError(f"no estimator checkpoint in {self.best_manager.directory}: train one first "
+                                  f"(python main.py --task=estimation) or pass the --load_path of one")
+        try:
+            status = self.best_checkpoint.restore(latest)
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as error:
+            message = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"cannot restore {latest} (was it made with other flags?): {message}") from None
+        return latest
+
+
+def evaluation_table(results):
+    """The evaluation as text: mean error, then the share of real images within d degrees, d = 0..25."""
+    lines = [f"[*] {results['model']} (trained on {results['trained_on']} images, best epoch {results['best_epoch']}) "
+             f"on {results['real_images']} real images:",
+             f"    mean angular error {results['mean_angular_error']:.2f} degrees "
+             f"(median {results['median_angular_error']:.2f})",
+             "    degrees  within"]
+    for degrees in range(MAX_WITHIN_DEGREES + 1):
+        lines.append(f"    {degrees:7d}  {100 * results['share_within_degrees'][str(degrees)]:5.1f}%")
+    return "\n".join(lines)

@@ -363,13 +363,15 @@ def real_dataset(real_images, input_shape, batch_size, seed):
 def load_crops(paths, input_shape, batch_size, refine=None, desc="Load synthetic images"):
     """Every crop once, in order, as uint8 (N, H, W, C) at the network's input size; refined first if refine.
 
-    refine (a function of a [-1, 1] batch) runs inside the tf.data pipeline, batch by batch. The result
-    is quantised as test mode's PNGs are, so training on it equals training on refined images written
-    to disk, without the disk.
+    refine (a Keras model of [-1, 1] batches, the refiner) runs inside the tf.data pipeline, batch by
+    batch. The result is quantised as test mode's PNGs are, so training on it equals training on
+    refined images written to disk, without the disk.
     """
     dataset = synthetic_dataset(paths, input_shape, batch_size, 0, training=False)
     if refine is not None:
-        dataset = dataset.map(lambda images, names: (refine(images), names))
+        def refine_batch(images, names):
+            return refine(images, training=False), names
+        dataset = dataset.map(refine_batch)
     loaded = np.empty((len(paths), *input_shape), np.uint8)
     start = 0
     for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc):

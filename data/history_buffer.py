@@ -41,8 +41,9 @@ class HistoryBuffer(tf.Module):
     @tf.function
     def sample(self):
         """Half a batch of stored images drawn at random (with replacement, as the original)."""
-        tf.debugging.assert_positive(self.size, message="the history buffer is empty: push refined images first")
-        picks = self.rng.uniform([self.half_batch], 0, self.size, dtype=tf.int32)
+        check = tf.debugging.assert_positive(self.size, message="the history buffer is empty: push refined images first")
+        with tf.control_dependencies([check]):  # uniform() over an empty range fails first, and less clearly
+            picks = self.rng.uniform([self.half_batch], 0, self.size, dtype=tf.int32)
         return tf.gather(self.images, picks)
 
     def __len__(self):
