@@ -5,10 +5,12 @@ one tf.function each), the training schedule that calls them, then test mode.
 At the end, EstimatorTrainer: the gaze estimator of --task=estimation, trained on
 synthetic (or refined) crops and evaluated on the real images.
 """
+import collections
 import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -34,10 +36,25 @@ class TrainingDiverged(RuntimeError):
 
 
 def make_optimizer(config):
-    """Adam (epsilon 1e-8, TF1's default) or SGD; clipnorm clips each gradient tensor on its own."""
+    """Adam (epsilon 1e-8, TF1's default) or SGD; clipnorm clips each gradient tensor on its own.
+
+    Under float16 the loss is scaled so small gradients do not flush to zero (bfloat16 needs no scaling).
+    """
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, clipnorm=config.max_grad_norm)
-    return keras.optimizers.Adam(config.learning_rate, epsilon=1e-8, clipnorm=config.max_grad_norm)
+        optimizer = keras.optimizers.SGD(config.learning_rate, clipnorm=config.max_grad_norm)
+    else:
+        optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8, clipnorm=config.max_grad_norm)
+    if keras.mixed_precision.global_policy().compute_dtype == "float16":
+        return keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def minimize(optimizer, tape, loss, variables):
+    """One optimizer step on loss; the loss scale (identity unless float16) is undone by apply_gradients."""
+    with tape:  # the scaling must be on the tape too
+        scaled_loss = optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(gradients, variables))
 
 
 class Trainer:
@@ -64,9 +81,10 @@ class Trainer:
             tracked["history_buffer"] = self.history_buffer
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, config.model_dir, max_to_keep=3)
-        self.pretrain_refiner_step = tf.function(self._pretrain_refiner_step)
-        self.refiner_step = tf.function(self._refiner_step)
-        self.discriminator_step = tf.function(self._discriminator_step)
+        compile_ = dict(jit_compile=config.jit_compile)
+        self.pretrain_refiner_step = tf.function(self._pretrain_refiner_step, **compile_)
+        self.refiner_step = tf.function(self._refiner_step, **compile_)
+        self.discriminator_step = tf.function(self._discriminator_step, **compile_)
         # Any batch size, one trace: test mode's last batch is smaller than the rest.
         self.refine = tf.function(lambda images: self.refiner(images, training=False),
                                   input_signature=[tf.TensorSpec((None, *self.image_shape), tf.float32)])
@@ -78,8 +96,7 @@ class Trainer:
         with tf.GradientTape() as tape:
             refined = self.refiner(synthetic, training=True)
             loss = tf.reduce_mean(self_regularization(refined, synthetic, self.config.reg_scale))
-        gradients = tape.gradient(loss, self.refiner.trainable_variables)
-        self.refiner_optimizer.apply_gradients(zip(gradients, self.refiner.trainable_variables))
+        minimize(self.refiner_optimizer, tape, loss, self.refiner.trainable_variables)
         return {"regularization_loss": loss, "loss": loss}, refined
 
     def _refiner_step(self, synthetic):
@@ -88,20 +105,18 @@ class Trainer:
             refined = self.refiner(synthetic, training=True)
             refined_logits = self.discriminator(refined, training=False)  # (batch, 7, 12, 2)
             losses = refiner_losses(refined_logits, refined, synthetic, self.config.reg_scale)
-        gradients = tape.gradient(losses["loss"], self.refiner.trainable_variables)
-        self.refiner_optimizer.apply_gradients(zip(gradients, self.refiner.trainable_variables))
+        minimize(self.refiner_optimizer, tape, losses["loss"], self.refiner.trainable_variables)
         return losses, refined
 
     def _discriminator_step(self, synthetic, history, real):
         """Tell real images from refined ones: half a batch fresh, half from the history buffer."""
         fresh = self.refiner(synthetic[: self.config.batch_size // 2], training=False)
-        fake = tf.concat([fresh, history], axis=0)
+        fake = tf.concat([tf.cast(fresh, history.dtype), history], axis=0)  # bf16/fp16 refiner, fp32 history
         with tf.GradientTape() as tape:
             losses = discriminator_losses(self.discriminator(fake, training=True),
                                           self.discriminator(real, training=True))
-        variables = self.discriminator.trainable_variables
-        gradients = tape.gradient(losses["discrim_loss_with_history"], variables)
-        self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
+        minimize(self.discriminator_optimizer, tape, losses["discrim_loss_with_history"],
+                 self.discriminator.trainable_variables)
         return losses
 
     # ---- the schedule ----
@@ -263,9 +278,16 @@ class Trainer:
             print(f"[*] {len(targets) - len(remaining)} images already refined in {output_dir}; refining the rest")
         batches = synthetic_dataset(remaining, self.image_shape, self.config.batch_size, 0, training=False)
         total = -(-len(remaining) // self.config.batch_size)
-        for images, paths in tqdm(batches, total=total, desc="Refine all synthetic images"):
-            for pixels, path in zip(denormalize(self.refine(images)), paths.numpy()):
-                save_image(pixels, targets[path.decode()])
+        # PNG encoding and writing run in threads while the next batch is refined (tf.data decodes ahead).
+        with ThreadPoolExecutor(max_workers=2) as writer:
+            pending = collections.deque()
+            for images, paths in tqdm(batches, total=total, desc="Refine all synthetic images"):
+                for pixels, path in zip(denormalize(self.refine(images)), paths.numpy()):
+                    pending.append(writer.submit(save_image, pixels, targets[path.decode()]))
+                while len(pending) > 2 * self.config.batch_size:  # at most two batches wait, in memory
+                    pending.popleft().result()  # re-raises a write error (a full disk) here
+            for future in pending:
+                future.result()
 
 
 def refined_name(crop_path):
@@ -353,7 +375,7 @@ class EstimatorTrainer:
         self.best_checkpoint = tf.train.Checkpoint(estimator=self.estimator, **progress)
         self.best_manager = tf.train.CheckpointManager(self.best_checkpoint, os.path.join(config.model_dir, "best"),
                                                        max_to_keep=1, checkpoint_name="estimator")
-        self.train_step = tf.function(self._train_step)
+        self.train_step = tf.function(self._train_step, jit_compile=config.jit_compile)
         # Any batch size, one trace: evaluation's last batch is smaller than the rest.
         self.predict = tf.function(self._predict, input_signature=[tf.TensorSpec((None, *self.image_shape),
                                                                                  tf.float32)])
@@ -366,8 +388,7 @@ class EstimatorTrainer:
         with tf.GradientTape() as tape:
             predicted = self.estimator(images, training=True)
             loss = euclidean_loss(predicted, gaze)
-        gradients = tape.gradient(loss, self.estimator.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.estimator.trainable_variables))
+        minimize(self.optimizer, tape, loss, self.estimator.trainable_variables)
         return loss, tf.reduce_mean(angular_error(predicted, gaze))
 
     # ---- training ----

@@ -103,3 +103,13 @@ def gpu_memory_mb():
         return [int(line) for line in result.stdout.split()]
     except (OSError, subprocess.SubprocessError, ValueError):
         return []
+
+
+def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
+    """True if the CPU computes bfloat16 natively (AMX or AVX512-BF16); False when it cannot tell."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

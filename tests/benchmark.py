@@ -248,7 +248,7 @@ def fill_history(trainer, refined):
         trainer.history_buffer.push(refined)
 
 
-def tf_iteration(trainer, feed, K_g, K_d, cast_history=False):
+def tf_iteration(trainer, feed, K_g, K_d):
     """One adversarial iteration as Trainer._train_both runs it, losses brought to the host at the end."""
     synthetic_batches, real_batches = feed
     for _ in range(K_g):
@@ -256,14 +256,12 @@ def tf_iteration(trainer, feed, K_g, K_d, cast_history=False):
         trainer.history_buffer.push(refined)
     for _ in range(K_d):
         history = trainer.history_buffer.sample()
-        if cast_history:
-            history = tf.cast(history, refined.dtype)
         discriminator_losses = trainer.discriminator_step(next(synthetic_batches), history, next(real_batches))
     trainer.step.assign_add(1)
     return sync(list(refiner_losses.values()) + list(discriminator_losses.values()))
 
 
-def tf_runner(trainer, feed, K_g, K_d, cast_history=False):
+def tf_runner(trainer, feed, K_g, K_d):
     """A run(iterations) -> seconds per iteration; fills the history buffer first."""
     _, refined = trainer.refiner_step(next(feed[0]))
     fill_history(trainer, refined)
@@ -271,7 +269,7 @@ def tf_runner(trainer, feed, K_g, K_d, cast_history=False):
     def run(iterations):
         start = time.perf_counter()
         for _ in range(iterations):
-            losses = tf_iteration(trainer, feed, K_g, K_d, cast_history)
+            losses = tf_iteration(trainer, feed, K_g, K_d)
         run.losses = losses
         return (time.perf_counter() - start) / iterations
 
@@ -285,21 +283,6 @@ def bf16_trainer(config, data):
         return Trainer(config, data)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-
-
-def bf16_runner(trainer, feed, K_g, K_d):
-    """tf_runner for the bf16 Trainer; if its discriminator step rejects the float32 history, cast it."""
-    note = ""
-    try:
-        run = tf_runner(trainer, feed, K_g, K_d)
-        run(1)
-    except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:
-        message = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
-        message = message.removeprefix(f"{type(error).__name__}: ")
-        note = (f"the Trainer's discriminator_step fails under mixed_bfloat16 ({type(error).__name__}: "
-                f"{message[:160]}); measured with the history cast to bf16 in the loop")
-        run = tf_runner(trainer, feed, K_g, K_d, cast_history=True)
-    return run, note
 
 
 # ---- the PyTorch iteration ----
@@ -480,14 +463,14 @@ def measure_training(args, tmp, results):
 
     feeds = Feeds(config, data, batch)
     measure_ceiling = tf_ceiling(batch, config.input_height, config.input_width)
-    configurations, notes, trainers = build_configurations(config, data, trainer, feeds, shape)
+    configurations, trainers = build_configurations(config, data, trainer, feeds, shape)
     for run in configurations.values():
         run(args.warmup)
     rounds = run_rounds(args, configurations, measure_ceiling, flops)
     if torch is not None:
         measure_torch_ceiling = torch_ceiling(batch, config.input_height, config.input_width)
         rounds["torch_ceilings"] = [measure_torch_ceiling(args.ceiling_secs) for _ in range(args.repeats)]
-    report_training(args, results, config, flops, rounds, notes, bf16_losses=configurations["bf16"].losses)
+    report_training(args, results, config, flops, rounds, bf16_losses=configurations["bf16"].losses)
     report_traces(results, {"": trainer, "jit ": trainers["jit"]})
     measure_breakdown(args, results, trainer, feeds, K_g, K_d)
     with quiet():
@@ -506,10 +489,9 @@ def build_configurations(config, data, trainer, feeds, shape):
         configurations["torch"] = torch_runner(gan, feeds, K_g, K_d)
     with quiet():
         trainers = {"jit": jit_compiled(Trainer(config, data)), "bf16": bf16_trainer(config, data)}
-    notes = {}
     configurations["jit"] = tf_runner(trainers["jit"], feeds.memory, K_g, K_d)
-    configurations["bf16"], notes["bf16"] = bf16_runner(trainers["bf16"], feeds.memory, K_g, K_d)
-    return configurations, notes, trainers
+    configurations["bf16"] = tf_runner(trainers["bf16"], feeds.memory, K_g, K_d)
+    return configurations, trainers
 
 
 def run_rounds(args, configurations, measure_ceiling, flops):
@@ -546,7 +528,7 @@ def check_torch_mirror(gan, trainer, shape, refiner_flops, discriminator_flops):
                          "tests/benchmark.py")
 
 
-def report_training(args, results, config, flops, rounds, notes, bf16_losses):
+def report_training(args, results, config, flops, rounds, bf16_losses):
     """Print the ceiling and every configuration's figures; fill results."""
     batch, K_g, K_d = config.batch_size, config.K_g, config.K_d
     times, shares, ceilings = rounds["times"], rounds["shares"], rounds["ceilings"]
@@ -585,8 +567,6 @@ def report_training(args, results, config, flops, rounds, notes, bf16_losses):
         show("    share of the ceiling", f"{100 * median(shares[name]):.1f}", "%")
         results.update({f"{name}_s_per_iter": seconds, f"{name}_img_s": K_g * batch / seconds,
                         f"{name}_gflops": flops / seconds / 1e9, f"{name}_ceiling_pct": 100 * median(shares[name])})
-        if notes.get(name):
-            print(f"    note: {notes[name]}")
     # Contention on a shared machine comes and goes; OpenMP (torch) suffers from it more than TensorFlow's
     # work-stealing pool, so the ratio of the best rounds is shown beside the median of per-round ratios.
     ratio = lambda a, b: median([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
@@ -673,7 +653,6 @@ def pipeline_alone(args, feeds):
         next(iterator)
         seconds, _ = timed(lambda: [next(iterator) for _ in range(batches)])
         rates.append(batches / seconds)
-        del iterator
     return median(rates)
 
 

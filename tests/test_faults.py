@@ -16,8 +16,9 @@ from PIL import Image
 from config import get_config
 from data.gaze_data import load_gaze_data
 from data.sample_data import write_sample
+import trainer as trainer_module
 from trainer import Trainer, TrainingDiverged
-from utils import prepare_dirs
+from utils import OutputError, prepare_dirs, save_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
@@ -224,3 +225,22 @@ def test_refining_never_writes_into_the_input_folder(data_dir, trained):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("[!] --output_dir would write into the input folder")
     assert sorted(os.listdir(inputs)) == before
+
+
+def test_a_write_error_while_refining_is_one_clear_error(data_dir, trained, monkeypatch):
+    config = get_config([*folders(data_dir, trained), f"--output_dir={trained / 'full_disk'}", "--is_train=False",
+                         "--load_path=run", "--batch_size=4"])
+    prepare_dirs(config)
+    calls = []
+
+    def fill_up(pixels, path):
+        calls.append(path)
+        if len(calls) >= 6:
+            raise OutputError(f"cannot write {path}: No space left on device")
+        save_image(pixels, path)
+
+    monkeypatch.setattr(trainer_module, "save_image", fill_up)
+    with pytest.raises(OutputError, match="No space left on device"):
+        Trainer(config, load_gaze_data(config, load_real=False)).test()
+    written = os.listdir(trained / "full_disk" / "generative_run")
+    assert len(written) == 5 and all(name.endswith("_refined.png") for name in written)  # whole files only

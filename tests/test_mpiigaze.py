@@ -355,3 +355,56 @@ def test_an_interrupted_save_keeps_the_old_cache_and_leaves_no_temp(tmp_path, mo
         save_cache(path, *sample_arrays(9))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['gaze.npz']
+
+
+# ---------------------------------------------------------------- which eye (read_day_eyes, right_eye in the cache)
+
+def test_read_day_eyes_flags_right_eyes(tmp_path):
+    left, right = eye(2, seed=30), eye(3, seed=31)
+    images, gaze, right_eye = mpiigaze.read_day_eyes(write_day(tmp_path / 'day01.mat', left, right))
+    assert right_eye.dtype == bool and right_eye.tolist() == [False, False, True, True, True]
+    np.testing.assert_array_equal(images[right_eye], right['image'])
+    np.testing.assert_allclose(gaze[~right_eye], left['gaze'], rtol=1e-6)
+
+
+def test_read_days_eyes_matches_read_days_and_skips_alike(tmp_path):
+    write_day(day_path(tmp_path, 'p00', 'day01'), eye(1, seed=32), eye(1, seed=33))
+    write_day(day_path(tmp_path, 'p00', 'day02'), eye(2, seed=34), eye(2, seed=35))
+    no_data(day_path(tmp_path, 'p00', 'day03'))
+    paths = find_day_files(tmp_path)
+    images, gaze, right_eye, skipped = mpiigaze.read_days_eyes(paths)
+    plain_images, plain_gaze, plain_skipped = read_days(paths)
+    np.testing.assert_array_equal(images, plain_images)
+    np.testing.assert_array_equal(gaze, plain_gaze)
+    assert skipped == plain_skipped == {NO_DATA: ['day03.mat']}
+    assert right_eye.tolist() == [False, True, False, False, True, True]
+    empty = mpiigaze.read_days_eyes([])
+    assert empty[2].shape == (0,) and empty[2].dtype == bool
+
+
+def test_cache_with_right_eye_roundtrip(tmp_path):
+    images, gaze = sample_arrays(4)
+    right_eye = np.array([False, False, True, True])
+    path = tmp_path / 'gaze.npz'
+    save_cache(path, images, gaze, right_eye)
+    loaded_images, loaded_gaze, loaded_right = mpiigaze.load_cache_eyes(path)
+    np.testing.assert_array_equal(loaded_images, images)
+    np.testing.assert_array_equal(loaded_gaze, gaze)
+    assert loaded_right.dtype == bool and loaded_right.tolist() == right_eye.tolist()
+    assert len(load_cache(path)) == 2  # the plain reader still gives (images, gaze)
+    assert os.listdir(tmp_path) == ['gaze.npz']
+
+
+def test_load_cache_eyes_refuses_a_cache_without_right_eye(tmp_path):
+    save_cache(tmp_path / 'gaze.npz', *sample_arrays(3))
+    load_cache(tmp_path / 'gaze.npz')  # fine for the plain reader
+    with pytest.raises(ValueError, match='older cache'):
+        mpiigaze.load_cache_eyes(tmp_path / 'gaze.npz')
+
+
+@pytest.mark.parametrize('right_eye', [np.zeros(3, np.uint8), np.zeros(4, bool), np.zeros((3, 1), bool)])
+def test_a_cache_with_a_bad_right_eye_is_refused(tmp_path, right_eye):
+    images, gaze = sample_arrays(3)
+    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze, right_eye=right_eye)
+    with pytest.raises(ValueError, match='right_eye'):
+        mpiigaze.load_cache_eyes(tmp_path / 'gaze.npz')

@@ -1,6 +1,7 @@
 """Each step function trains its own network only, and none retraces after the first call."""
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -81,3 +82,37 @@ def test_refine_accepts_any_batch_size_with_one_trace(trainer):
 def test_gradients_are_clipped_per_tensor(trainer):
     assert trainer.refiner_optimizer.clipnorm == trainer.config.max_grad_norm == 50
     assert trainer.refiner_optimizer.epsilon == 1e-8
+
+
+@pytest.fixture
+def policy():
+    """Set a Keras dtype policy for one test; float32 again afterwards."""
+    yield keras.mixed_precision.set_global_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name,optimizer", [("mixed_bfloat16", "Adam"), ("mixed_float16", "LossScaleOptimizer")])
+def test_mixed_precision_steps_keep_float32_weights_history_and_losses(tiny_config, tmp_path, policy, name, optimizer):
+    policy(name)
+    tiny_config.model_dir = str(tmp_path / "model")
+    trainer = Trainer(tiny_config, types.SimpleNamespace(synthetic_paths=[], real_images=None))
+    assert type(trainer.refiner_optimizer).__name__ == optimizer
+    for seed in range(3):  # float16's first steps may be skipped while the loss scale settles
+        losses, refined = trainer.refiner_step(images(seed))
+        trainer.history_buffer.push(refined)
+        discriminator_losses = trainer.discriminator_step(images(seed), trainer.history_buffer.sample(), images(9))
+    assert refined.dtype == keras.mixed_precision.global_policy().compute_dtype
+    assert all(value.dtype == tf.float32 and np.isfinite(float(value))
+               for value in [*losses.values(), *discriminator_losses.values()])
+    assert all(variable.dtype == tf.float32 for variable in trainer.refiner.trainable_variables)
+    assert trainer.history_buffer.images.dtype == tf.float32
+
+
+def test_jit_compile_flag_compiles_the_steps(tiny_config, tmp_path):
+    tiny_config.jit_compile = True
+    tiny_config.model_dir = str(tmp_path / "model")
+    trainer = Trainer(tiny_config, types.SimpleNamespace(synthetic_paths=[], real_images=None))
+    losses, _ = trainer.pretrain_refiner_step(images(1))
+    assert np.isfinite(float(losses["loss"]))
+    steps = (trainer.pretrain_refiner_step, trainer.refiner_step, trainer.discriminator_step)
+    assert all(step._jit_compile for step in steps)  # noqa: SLF001 (tf.function has no public accessor)

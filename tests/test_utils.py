@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from config import get_config
-from utils import OutputError, atomic_write, img_tile, model_name, prepare_dirs, save_image
+from utils import OutputError, atomic_write, cpu_has_bf16, img_tile, model_name, prepare_dirs, save_image
 
 
 def test_model_name_follows_the_original():
@@ -70,3 +70,11 @@ def test_img_tile_places_images_in_rows_with_a_white_border():
     assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 1)
     assert grid[1, 1, 0] == 10 and grid[1, 5, 0] == 20 and grid[4, 1, 0] == 30
     assert grid[4, 5, 0] == 255 and grid[0, :, 0].min() == 255 and grid[3, :, 0].min() == 255
+
+
+@pytest.mark.parametrize("flags,expected", [("fpu sse avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True),
+                                            ("fpu sse avx2 avx512f", False)])
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, flags, expected):
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_has_bf16(str(tmp_path / "cpuinfo")) is expected
+    assert cpu_has_bf16(str(tmp_path / "missing")) is False
