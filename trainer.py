@@ -27,6 +27,9 @@ from model import (MAX_WITHIN_DEGREES, angular_error, build_discriminator, build
 from utils import OutputError, atomic_write, img_tile, save_image
 
 
+MICRO_BATCH = 32  # refiner images whose activations are alive at once (tests/benchmark.py: no slower than whole batches)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing or cannot be read; str(e) is one line."""
 
@@ -47,6 +50,12 @@ def make_optimizer(config):
     if keras.mixed_precision.global_policy().compute_dtype == "float16":
         return keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def micro_batches(batch_size):
+    """Equal parts a refiner batch is split into, each at most MICRO_BATCH images."""
+    return next(parts for parts in range(1, batch_size + 1) if batch_size % parts == 0
+                and batch_size // parts <= MICRO_BATCH)
 
 
 def minimize(optimizer, tape, loss, variables):
@@ -81,6 +90,7 @@ class Trainer:
             tracked["history_buffer"] = self.history_buffer
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, config.model_dir, max_to_keep=3)
+        self.micro_batches = micro_batches(config.batch_size)
         compile_ = dict(jit_compile=config.jit_compile)
         self.pretrain_refiner_step = tf.function(self._pretrain_refiner_step, **compile_)
         self.refiner_step = tf.function(self._refiner_step, **compile_)
@@ -93,20 +103,43 @@ class Trainer:
 
     def _pretrain_refiner_step(self, synthetic):
         """The paper's warm-up: the refiner learns the identity under self-regularization only."""
-        with tf.GradientTape() as tape:
-            refined = self.refiner(synthetic, training=True)
-            loss = tf.reduce_mean(self_regularization(refined, synthetic, self.config.reg_scale))
-        minimize(self.refiner_optimizer, tape, loss, self.refiner.trainable_variables)
-        return {"regularization_loss": loss, "loss": loss}, refined
+        def losses(chunk):
+            refined = self.refiner(chunk, training=True)
+            loss = tf.reduce_mean(self_regularization(refined, chunk, self.config.reg_scale))
+            return {"regularization_loss": loss, "loss": loss}, refined
+
+        return self._update_refiner(synthetic, losses, ("regularization_loss", "loss"))
 
     def _refiner_step(self, synthetic):
         """Make refined images look real to the discriminator while staying close to the synthetic ones."""
-        with tf.GradientTape() as tape:
-            refined = self.refiner(synthetic, training=True)
-            refined_logits = self.discriminator(refined, training=False)  # (batch, 7, 12, 2)
-            losses = refiner_losses(refined_logits, refined, synthetic, self.config.reg_scale)
-        minimize(self.refiner_optimizer, tape, losses["loss"], self.refiner.trainable_variables)
-        return losses, refined
+        def losses(chunk):
+            refined = self.refiner(chunk, training=True)
+            refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2)
+            return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale), refined
+
+        return self._update_refiner(synthetic, losses, ("realism_loss", "regularization_loss", "loss"))
+
+    def _update_refiner(self, synthetic, chunk_losses, names):
+        """One refiner step with its gradients summed over equal micro-batches, one after another.
+
+        The losses are batch means, so this is the update of one pass over the whole batch, but only
+        one micro-batch's activations are alive at a time: at batch 512, 1.1 GB less in fp32.
+        """
+        chunks, variables = self.micro_batches, self.refiner.trainable_variables
+        size = self.config.batch_size // chunks
+        gradients = [tf.zeros_like(variable) for variable in variables]
+        totals = {name: tf.constant(0.0) for name in names}
+        refined = tf.TensorArray(self.refiner.compute_dtype, size=chunks)
+        for index in tf.range(chunks):  # a tf.while_loop: its iterations run in order
+            with tf.GradientTape() as tape:
+                losses, chunk_refined = chunk_losses(synthetic[index * size:(index + 1) * size])
+                scaled_loss = self.refiner_optimizer.scale_loss(losses["loss"] / chunks)
+            chunk_gradients = tape.gradient(scaled_loss, variables)
+            gradients = [total + gradient for total, gradient in zip(gradients, chunk_gradients)]
+            totals = {name: totals[name] + losses[name] / chunks for name in names}
+            refined = refined.write(index, chunk_refined)
+        self.refiner_optimizer.apply_gradients(zip(gradients, variables))
+        return totals, refined.concat()
 
     def _discriminator_step(self, synthetic, history, real):
         """Tell real images from refined ones: half a batch fresh, half from the history buffer."""
