@@ -90,7 +90,8 @@ class Trainer:
             tracked["history_buffer"] = self.history_buffer
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, config.model_dir, max_to_keep=3)
-        self.micro_batches = micro_batches(config.batch_size)
+        # XLA on CPUs runs convolutions inside a loop body very slowly (minutes per step): one pass there.
+        self.micro_batches = 1 if config.jit_compile else micro_batches(config.batch_size)
         compile_ = dict(jit_compile=config.jit_compile)
         self.pretrain_refiner_step = tf.function(self._pretrain_refiner_step, **compile_)
         self.refiner_step = tf.function(self._refiner_step, **compile_)
@@ -126,6 +127,11 @@ class Trainer:
         one micro-batch's activations are alive at a time: at batch 512, 1.1 GB less in fp32.
         """
         chunks, variables = self.micro_batches, self.refiner.trainable_variables
+        if chunks == 1:
+            with tf.GradientTape() as tape:
+                losses, refined = chunk_losses(synthetic)
+            minimize(self.refiner_optimizer, tape, losses["loss"], variables)
+            return losses, refined
         size = self.config.batch_size // chunks
         gradients = [tf.zeros_like(variable) for variable in variables]
         totals = {name: tf.constant(0.0) for name in names}

@@ -30,7 +30,10 @@ def prepare_dirs(config):
     config.output_model_dir = os.path.join(config.output_dir, config.model_name)
     if config.load_path and os.path.isdir(config.load_path) and not os.path.isdir(config.model_dir):
         config.model_dir = config.load_path  # --load_path given as the run folder itself
-    written = (config.model_dir, config.sample_model_dir) if config.is_train else (config.output_model_dir,)
+    if config.is_train:
+        written = (config.model_dir, config.sample_model_dir)
+    else:  # refining writes images; evaluating an estimator writes only into its model folder
+        written = (config.output_model_dir,) if config.task == "generative" else ()
     for path in written:
         try:
             os.makedirs(path, exist_ok=True)

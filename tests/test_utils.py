@@ -22,6 +22,8 @@ def test_prepare_dirs_creates_what_each_mode_writes(tmp_path):
              f"--output_dir={tmp_path / 'outputs'}", "--load_path=run"]
     prepare_dirs(get_config(flags))
     assert sorted(os.listdir(tmp_path)) == ["logs", "samples"]
+    prepare_dirs(get_config(flags + ["--is_train=False", "--task=estimation"]))
+    assert sorted(os.listdir(tmp_path)) == ["logs", "samples"]  # evaluation writes into the model folder only
     prepare_dirs(get_config(flags + ["--is_train=False"]))
     assert os.path.isdir(tmp_path / "outputs" / "generative_run")
 
