@@ -62,20 +62,14 @@ def run(config):
     estimation = config.task == "estimation"
     data = load_gaze_data(config, load_real=config.is_train or estimation)
     check_config_against_data(config, len(data.synthetic_paths))
-    if estimation:
-        trainer = EstimatorTrainer(config, data)
-        if config.is_train:
-            save_config(config)
-            trainer.train()
-        else:
-            trainer.evaluate()
-        return
-    trainer = Trainer(config, data)
+    trainer = (EstimatorTrainer if estimation else Trainer)(config, data)
     if config.is_train:
         save_config(config)
         trainer.train()
+    elif estimation:
+        trainer.evaluate()  # a trained estimator, on the real images again
     else:
-        trainer.test()
+        trainer.test()  # refine every synthetic image
 
 
 def main(argv=None):

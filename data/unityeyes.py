@@ -34,7 +34,7 @@ NOT_A_CROP = '.png not named {i}_cropped.png'
 UNEXPECTED = 'unexpected error'
 
 _NUMBER = r'[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?'
-# Unity writes vectors as "(x, y, z)"; the original eval()ed them, which runs any code a JSON holds.
+# Unity writes vectors as "(x, y, z)"; the original passed them to Python's eval, which runs any code a JSON holds.
 _VECTOR = re.compile(rf'\(\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\)')
 _PARALLEL_MIN = 64  # fewer items than this are not worth starting processes for
 
