@@ -66,6 +66,22 @@ def minimize(optimizer, tape, loss, variables):
     optimizer.apply_gradients(zip(gradients, variables))
 
 
+def restore_checkpoint(checkpoint, path, partial=False):
+    """Load path into checkpoint's objects, each of which must find its values; one-line CheckpointError if not.
+
+    partial: values in the file that nothing here asks for (a training checkpoint's optimizers when
+    only the networks are wanted) are fine.
+    """
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"cannot restore {path} (was it made with other flags?): {message}") from None
+
+
 class Trainer:
     """Builds SimGAN and runs its schedule: refiner warm-up, discriminator warm-up, K_g:K_d alternation."""
 
@@ -290,15 +306,7 @@ class Trainer:
                 raise CheckpointError(f"no checkpoint in {self.config.model_dir}: train a model first "
                                       f"or pass the --load_path of one")
             return False
-        try:
-            status = self.checkpoint.restore(latest)
-            if required:
-                status.expect_partial()
-            else:
-                status.assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
-            message = str(error).strip().splitlines()[0]
-            raise CheckpointError(f"cannot restore {latest} (was it made with other flags?): {message}") from None
+        restore_checkpoint(self.checkpoint, latest, partial=required)  # refining needs no history buffer
         tqdm.write(f"[*] Restored {latest}: refiner step {int(self.refiner_optimizer.iterations)}, "
                    f"discriminator step {int(self.discriminator_optimizer.iterations)}, iteration {int(self.step)}")
         return True
@@ -377,13 +385,7 @@ def find_refiner_checkpoint(refiner_path, log_dir):
 def load_refiner(checkpoint_path, image_shape):
     """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
     refiner = build_refiner(image_shape)
-    try:
-        status = tf.train.Checkpoint(refiner=refiner).restore(checkpoint_path)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as error:
-        message = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"--refiner_path: no refiner of this input size in {checkpoint_path}: {message}") from None
+    restore_checkpoint(tf.train.Checkpoint(refiner=refiner), checkpoint_path, partial=True)
     return refiner
 
 
@@ -601,11 +603,7 @@ class EstimatorTrainer:
         latest = self.checkpoint_manager.latest_checkpoint
         if latest is None:
             return
-        try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
-            message = str(error).strip().splitlines()[0]
-            raise CheckpointError(f"cannot restore {latest} (was it made with other flags?): {message}") from None
+        restore_checkpoint(self.checkpoint, latest)
         tqdm.write(f"[*] Restored {latest}: epoch {int(self.epoch)}, step {int(self.optimizer.iterations)}, "
                    f"best validation error {float(self.best_error):.2f} (epoch {int(self.best_epoch)})")
 
@@ -615,13 +613,7 @@ class EstimatorTrainer:
         if latest is None:
             raise CheckpointError(f"no estimator checkpoint in {self.best_manager.directory}: train one first "
                                   f"(python main.py --task=estimation) or pass the --load_path of one")
-        try:
-            status = self.best_checkpoint.restore(latest)
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
-            message = str(error).strip().splitlines()[0]
-            raise CheckpointError(f"cannot restore {latest} (was it made with other flags?): {message}") from None
+        restore_checkpoint(self.best_checkpoint, latest, partial=True)
         return latest
 
 
