@@ -13,10 +13,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from checkpoints import CheckpointError  # noqa: E402
 from config import ConfigError, check_config, check_config_against_data, get_config  # noqa: E402
-from data.gaze_data import DataError, load_gaze_data  # noqa: E402
-from trainer import CheckpointError, EstimatorTrainer, Trainer, TrainingDiverged  # noqa: E402
-from utils import OutputError, cpu_has_bf16, gpu_memory_mb, prepare_dirs, save_config  # noqa: E402
+from data.gaze_data import load_gaze_data, write_real_samples  # noqa: E402
+from data.reports import DataError  # noqa: E402
+from estimation import run_estimation  # noqa: E402
+from refine import refine_folder  # noqa: E402
+from trainer import Trainer  # noqa: E402
+from training_loop import TrainingDiverged  # noqa: E402
+from utils import OutputError, cpu_has_bf16, gpu_memory_mb, make_run_folders, run_paths, save_params  # noqa: E402
 
 USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged)
 
@@ -53,23 +58,24 @@ def configure_precision(choice):
 
 
 def run(config):
-    """Check the flags, prepare folders and data, then train or refine (or train or evaluate the estimator)."""
+    """Check the flags, load the data, check the flags against it, then run the task in its mode."""
     check_config(config)
     configure_gpus(config.gpu_memory_fraction)
     configure_precision(config.mixed_precision)
-    prepare_dirs(config)
+    paths = run_paths(config)
+    make_run_folders(config, paths)
     set_seeds(config.random_seed)
-    estimation = config.task == "estimation"
-    data = load_gaze_data(config, load_real=config.is_train or estimation)
-    check_config_against_data(config, len(data.synthetic_paths))
-    trainer = (EstimatorTrainer if estimation else Trainer)(config, data)
+    data = load_gaze_data(config)
+    check_config_against_data(config, data)  # the last check: no network exists yet
     if config.is_train:
-        save_config(config)
-        trainer.train()
-    elif estimation:
-        trainer.evaluate()  # a trained estimator, on the real images again
+        save_params(config, paths)
+        write_real_samples(data, config.sample_dir, config.random_seed)  # what the refiner aims for
+    if config.task == "estimation":
+        run_estimation(config, paths, data)  # train and evaluate, or evaluate again
+    elif config.is_train:
+        Trainer(config, paths, data).train()
     else:
-        trainer.test()  # refine every synthetic image
+        refine_folder(config, paths, data)  # refine every synthetic image
 
 
 def main(argv=None):

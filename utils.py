@@ -1,17 +1,37 @@
-"""Host helpers: run folders, params.json, atomic file writes, image grids."""
+"""Host helpers: run folders, params.json, atomic file writes, images, worker processes, the machine.
+
+The lowest layer of the program: numpy and Pillow only, no TensorFlow and no
+other module of ours, so the data package's worker processes can import it.
+"""
 import json
+import multiprocessing
 import os
 import subprocess
-import tempfile
+import sys
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+MAX_WORKERS = 32  # a cap on worker processes, so a 128-core node does not start 128 decoders
+
 
 class OutputError(OSError):
     """An output that cannot be written (full disk, no permission); str(e) is one line."""
+
+
+# ---- run folders ----
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run writes: derived from the flags, never stored on the config or in params.json."""
+    model_name: str   # `{task}_{load_path}` or `{task}_{timestamp}`
+    model_dir: str    # LOG_DIR/NAME: checkpoints, TensorBoard events, params.json
+    sample_dir: str   # SAMPLE_DIR/NAME: sample grids
+    output_dir: str   # OUTPUT_DIR/NAME: test mode's refined images
 
 
 def model_name(config):
@@ -22,46 +42,57 @@ def model_name(config):
     return f"{config.task}_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
 
 
-def prepare_dirs(config):
-    """Set config.model_name / model_dir / sample_model_dir / output_model_dir; create what this mode writes."""
-    config.model_name = model_name(config)
-    config.model_dir = os.path.join(config.log_dir, config.model_name)
-    config.sample_model_dir = os.path.join(config.sample_dir, config.model_name)
-    config.output_model_dir = os.path.join(config.output_dir, config.model_name)
-    if config.load_path and os.path.isdir(config.load_path) and not os.path.isdir(config.model_dir):
-        config.model_dir = config.load_path  # --load_path given as the run folder itself
+def run_paths(config):
+    """The run's folders; --load_path may name the run folder itself rather than a name under LOG_DIR."""
+    name = model_name(config)
+    model_dir = os.path.join(config.log_dir, name)
+    if config.load_path and os.path.isdir(config.load_path) and not os.path.isdir(model_dir):
+        model_dir = config.load_path
+    return RunPaths(name, model_dir, os.path.join(config.sample_dir, name), os.path.join(config.output_dir, name))
+
+
+def make_run_folders(config, paths):
+    """Create the folders this mode writes to: training both, refining the output, evaluating none."""
     if config.is_train:
-        written = (config.model_dir, config.sample_model_dir)
-    else:  # refining writes images; evaluating an estimator writes only into its model folder
-        written = (config.output_model_dir,) if config.task == "generative" else ()
-    for path in written:
+        folders = (paths.model_dir, paths.sample_dir)
+    else:
+        folders = (paths.output_dir,) if config.task == "generative" else ()
+    for folder in folders:
         try:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
         except OSError as error:
-            raise OutputError(f"cannot create folder {path}: {error.strerror}") from None
+            raise OutputError(f"cannot create folder {folder}: {error.strerror}") from None
 
 
-def save_config(config):
-    """Write every flag, sorted and indented, to MODEL_DIR/params.json."""
-    params = {key: value for key, value in vars(config).items()}
-    atomic_write(os.path.join(config.model_dir, "params.json"),
-                 lambda handle: handle.write(json.dumps(params, indent=4, sort_keys=True).encode()))
+def save_params(config, paths):
+    """Write the flags (and only the flags), sorted and indented, to MODEL_DIR/params.json."""
+    text = json.dumps(vars(config), indent=4, sort_keys=True)
+    atomic_write(os.path.join(paths.model_dir, "params.json"), lambda handle: handle.write(text.encode()))
 
+
+# ---- files ----
 
 def atomic_write(path, write):
-    """Call write(binary handle) on a temporary file beside path, then rename it to path.
+    """Call write(binary handle) on a hidden temporary file beside path, then rename it to path.
 
-    A crash or a full disk never leaves a half-written file under the final name.
+    A crash or a full disk never leaves a half-written file under the final name. The temporary
+    name starts with a dot, so folder scans that skip hidden files never take it for data.
     """
     folder = os.path.dirname(os.path.abspath(path))
+    # Named before it exists, so a signal that ends the process right after the file is created
+    # (a pool's terminate) still finds the name to clean up; mkstemp would not have returned it yet.
+    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:12]}{os.path.splitext(path)[1]}")
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    except OSError as error:
-        raise OutputError(f"cannot write in {folder}: {error.strerror}") from None
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
+        try:
+            handle = open(temporary, "xb")
+        except OSError as error:
+            raise OutputError(f"cannot write in {folder}: {error.strerror}") from None
+        with handle:
             write(handle)
         os.replace(temporary, path)
+    except OutputError:
+        _remove_quietly(temporary)
+        raise
     except OSError as error:
         _remove_quietly(temporary)
         raise OutputError(f"cannot write {path}: {error.strerror}") from None
@@ -77,13 +108,27 @@ def _remove_quietly(path):
         pass
 
 
-def save_image(pixels, path):
-    """Write a uint8 (H, W) or (H, W, 1|3) array as a PNG, atomically."""
-    pixels = np.asarray(pixels, dtype=np.uint8)
-    if pixels.ndim == 3 and pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    image = Image.fromarray(pixels)
-    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+# ---- images ----
+
+def normalize(images):
+    """uint8 pixels [0, 255] -> float [-1, 1] (works on numpy arrays and tensors)."""
+    return images / 127.5 - 1.0
+
+
+def denormalize(images):
+    """float [-1, 1] -> uint8 [0, 255], clipped: the explicit inverse of normalize."""
+    pixels = np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def save_image(pixels, path, compress_level=6):
+    """Write a uint8 (H, W) or (H, W, 1|3) array (or a PIL image) as a PNG, atomically."""
+    if isinstance(pixels, Image.Image):
+        image = pixels
+    else:
+        pixels = np.asarray(pixels, dtype=np.uint8)
+        image = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
+    atomic_write(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
 
 
 def img_tile(images, rows, cols, border=1):
@@ -97,6 +142,24 @@ def img_tile(images, rows, cols, border=1):
         grid[top:top + height, left:left + width] = images[index]
     return grid
 
+
+# ---- worker processes ----
+
+def default_workers():
+    """Processes for host work (cropping, drawing the sample): the CPUs this process may use, 2 to 32."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 2
+    return max(2, min(cpus, MAX_WORKERS))
+
+
+def process_context():
+    """fork on Linux: cheap, and it does not re-import the caller's TensorFlow; elsewhere only spawn is safe."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+# ---- the machine ----
 
 def gpu_memory_mb():
     """Total memory of each NVIDIA GPU in MiB, from nvidia-smi; [] when it cannot tell."""

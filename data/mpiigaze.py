@@ -12,6 +12,7 @@ import numpy as np
 import scipy.io
 
 from data.unityeyes import natural_key
+from utils import atomic_write
 
 IMAGE_SHAPE = (36, 60)  # height x width of MPIIGaze's normalized eye images
 
@@ -62,7 +63,7 @@ def _eye(data, side):
     return image, gaze
 
 
-def read_day_eyes(path):
+def read_day(path):
     """(images, gaze, right_eye) of both eyes of one dayYY.mat, left then right; right_eye (N,) bool."""
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
@@ -76,18 +77,12 @@ def read_day_eyes(path):
     return np.concatenate([left_images, right_images]), np.concatenate([left_gaze, right_gaze]), right_eye
 
 
-def read_day(path):
-    """(images (N, 36, 60) uint8, gaze (N, 3) float32) of both eyes of one dayYY.mat; BadMat if unusable."""
-    images, gaze, _ = read_day_eyes(path)
-    return images, gaze
-
-
-def read_days_eyes(paths, root=None):
+def read_days(paths, root=None):
     """Stack every usable file: (images, gaze, right_eye, skipped) with skipped = {reason: [file, ...]}."""
     images, gaze, right_eye, skipped = [], [], [], {}
     for path in paths:
         try:
-            day_images, day_gaze, day_right_eye = read_day_eyes(path)
+            day_images, day_gaze, day_right_eye = read_day(path)
         except BadMat as e:
             name = os.path.relpath(path, root) if root else os.path.basename(path)
             skipped.setdefault(str(e), []).append(name)
@@ -100,24 +95,8 @@ def read_days_eyes(paths, root=None):
     return np.concatenate(images), np.concatenate(gaze), np.concatenate(right_eye), skipped
 
 
-def read_days(paths, root=None):
-    """Stack every usable file: (images, gaze, skipped) with skipped = {reason: [file, ...]}."""
-    images, gaze, _, skipped = read_days_eyes(paths, root)
-    return images, gaze, skipped
-
-
 def load_cache(path):
-    """(images, gaze) from a gaze.npz cache; ValueError with the reason if it is old or damaged."""
-    images, gaze, _ = _read_cache(path, need_eyes=False)
-    return images, gaze
-
-
-def load_cache_eyes(path):
-    """(images, gaze, right_eye) from a gaze.npz cache; ValueError for a cache without right_eye too."""
-    return _read_cache(path, need_eyes=True)
-
-
-def _read_cache(path, need_eyes):
+    """(images, gaze, right_eye) from a gaze.npz cache; ValueError with the reason if it is old or damaged."""
     try:
         with np.load(path, allow_pickle=False) as cache:
             files = sorted(cache.files)
@@ -126,28 +105,17 @@ def _read_cache(path, need_eyes):
             right_eye = cache['right_eye'] if 'right_eye' in files else None
     except Exception as e:  # BadZipFile, EOFError, OSError, ValueError: a damaged file
         raise ValueError(f'unreadable ({type(e).__name__})') from e
-    if images is None or gaze is None or (need_eyes and right_eye is None):
-        wanted = 'real, gaze and right_eye' if need_eyes else 'real and gaze'
-        raise ValueError(f'it holds {files}, not {wanted} (an older cache)')
+    if images is None or gaze is None or right_eye is None:
+        raise ValueError(f'it holds {files}, not real, gaze and right_eye (an older cache)')
     if (images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE
             or not len(images) or gaze.shape != (len(images), 3) or gaze.dtype.kind != 'f'):
         raise ValueError(f'unexpected shapes real {images.shape}, gaze {gaze.shape}')
-    if right_eye is not None and (right_eye.dtype != bool or right_eye.shape != (len(images),)):
+    if right_eye.dtype != bool or right_eye.shape != (len(images),):
         raise ValueError(f'unexpected right_eye {right_eye.dtype} {right_eye.shape}')
     return images, gaze.astype(np.float32), right_eye
 
 
-def save_cache(path, images, gaze, right_eye=None):
-    """Write gaze.npz atomically (keys real, gaze[, right_eye]) so an interrupted run never leaves half a cache."""
-    path = Path(path)
-    temp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(temp, 'wb') as f:  # a file object: np.savez would append .npz to a name
-            arrays = dict(real=images, gaze=gaze)
-            if right_eye is not None:
-                arrays['right_eye'] = np.asarray(right_eye, bool)
-            np.savez(f, **arrays)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
+def save_cache(path, images, gaze, right_eye):
+    """Write gaze.npz atomically (keys real, gaze, right_eye) so an interrupted run never leaves half a cache."""
+    arrays = dict(real=images, gaze=gaze, right_eye=np.asarray(right_eye, bool))
+    atomic_write(os.fspath(path), lambda handle: np.savez(handle, **arrays))  # a handle: savez adds no .npz

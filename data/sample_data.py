@@ -31,10 +31,8 @@ import argparse
 import errno
 import io
 import json
-import multiprocessing
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +43,8 @@ import scipy.io
 from PIL import Image
 from scipy.ndimage import convolve, gaussian_filter
 from scipy.spatial.transform import Rotation
+
+from utils import default_workers, process_context
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480  # UnityEyes frames
 CROP_WIDTH, CROP_HEIGHT = 140, 84  # the loader's crop around the eyelid bounding box
@@ -705,14 +705,6 @@ def _tasks(seed, num_synthetic, layout, staging):
     return real + synthetic
 
 
-def default_workers():
-    """Worker processes to draw with: the CPUs this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _run(tasks, workers, num_images):
     """Run every task, in worker processes when it pays; the first failure is raised."""
     if workers <= 1 or num_images < _PARALLEL_MIN:
@@ -720,9 +712,8 @@ def _run(tasks, workers, num_images):
             function(*args)
         return
     # Not threads: the drawing is many small numpy calls that hold the GIL, so 2 threads measured
-    # no faster than 1. fork does not re-import the caller's TensorFlow; elsewhere only spawn is safe.
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    # no faster than 1.
+    with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
         futures = [pool.submit(function, *args) for function, args in tasks]
         try:
             for future in futures:

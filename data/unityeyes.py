@@ -7,7 +7,6 @@ line per kind of problem.
 """
 import json
 import math
-import multiprocessing
 import os
 import re
 import signal
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from utils import default_workers, process_context, save_image
 
 CROP_WIDTH, CROP_HEIGHT = 140, 84
 CROP_SUFFIX = '_cropped.png'
@@ -161,14 +162,8 @@ def _make_crop(directory, stem):
             crop, padded = _cut(image if image.mode == 'L' else image.convert('L'), box)
         except Exception as e:
             raise _Skip(UNREADABLE, jpg_name) from e
-    final = os.path.join(directory, stem + CROP_SUFFIX)
-    temp = os.path.join(directory, f'.{stem}{CROP_SUFFIX}.{os.getpid()}.tmp')
-    try:
-        crop.save(temp, format='PNG', compress_level=1)
-        os.replace(temp, final)  # a crash mid-write never leaves a half crop under the final name
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    # Written under a hidden temporary name and renamed: a crash never leaves half a crop.
+    save_image(crop, os.path.join(directory, stem + CROP_SUFFIX), compress_level=1)
     return padded
 
 
@@ -214,17 +209,8 @@ def _scan(directory, report):
     return [(directory, s, s in jpgs, s in jsons, s in crops) for s in stems]
 
 
-def default_workers():
-    """Processes to crop with: the CPUs this process may use, at least 2."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 2
-    return max(2, min(cpus, 32))
-
-
 def _exit_on_sigterm():
-    """Pool initializer: Pool.terminate()'s SIGTERM becomes SystemExit, so a worker still removes its temp crop."""
+    """Pool initializer: Pool.terminate()'s SIGTERM becomes SystemExit, so a worker still removes its temporary crop."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
 
 
@@ -232,9 +218,7 @@ def _results(tasks, workers, pool_holder):
     """process_item over tasks in order, in a process pool when it is worth it."""
     if workers <= 1 or len(tasks) < _PARALLEL_MIN:
         return map(process_item, tasks)
-    # fork is cheap and does not re-import the caller's TensorFlow; elsewhere only spawn is safe.
-    context = multiprocessing.get_context('fork' if sys.platform.startswith('linux') else 'spawn')
-    pool = context.Pool(workers, initializer=_exit_on_sigterm)
+    pool = process_context().Pool(workers, initializer=_exit_on_sigterm)
     pool_holder.append(pool)
     chunk = max(1, min(256, len(tasks) // (workers * 8)))
     return pool.imap(process_item, tasks, chunksize=chunk)

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny config so every test runs in seconds on a CPU."""
+"""Shared fixtures and helpers: a tiny config, the command line as a user runs it, checkpoint readers."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -9,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from config import get_config  # noqa: E402
+from utils import run_paths  # noqa: E402
 
 TINY_FLAGS = ["--batch_size=4", "--buffer_size=16", "--initial_K_g=2", "--initial_K_d=2", "--max_step=2",
               "--log_step=1", "--sample_image_grid=2,2", "--max_image_summary=2", "--checkpoint_secs=3600"]
@@ -19,3 +21,35 @@ def tiny_config(tmp_path):
     """The fixture config of STYLE.md: batch 4, buffer 16, two steps of each phase, a 2x2 grid."""
     return get_config(TINY_FLAGS + [f"--log_dir={tmp_path / 'logs'}", f"--sample_dir={tmp_path / 'samples'}",
                                     f"--output_dir={tmp_path / 'outputs'}"])
+
+
+@pytest.fixture
+def tiny_paths(tiny_config):
+    return run_paths(tiny_config)
+
+
+def folder_flags(data_dir, root):
+    """--data_dir and the three output folders under root, so a test writes nothing in the repository."""
+    return [f"--data_dir={data_dir}", f"--log_dir={root / 'logs'}", f"--sample_dir={root / 'samples'}",
+            f"--output_dir={root / 'outputs'}"]
+
+
+def run_main(*flags, timeout=240):
+    """`python main.py FLAGS` as a user runs it; the finished process, stdout and stderr as text."""
+    return subprocess.run([sys.executable, "main.py", *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def checkpoint_values(model_dir):
+    """{key: value} of the counters and the history buffer in the latest checkpoint of model_dir."""
+    import tensorflow as tf  # here, so collecting the tests that need no TensorFlow stays quick
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key.endswith("iterations/.ATTRIBUTES/VARIABLE_VALUE") or key.startswith(("step/", "history_buffer/"))}
+
+
+def checkpoint_counters(model_dir):
+    """(refiner steps, discriminator steps, adversarial iterations) in the latest checkpoint of model_dir."""
+    values = checkpoint_values(model_dir)
+    find = lambda prefix: int(next(value for key, value in values.items() if key.startswith(prefix)))  # noqa: E731
+    return find("refiner_optimizer/"), find("discriminator_optimizer/"), find("step/")

@@ -20,11 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from checkpoints import load_refiner  # noqa: E402
 from config import get_config  # noqa: E402
-from data.gaze_data import load_gaze_data, resize_real, synthetic_dataset  # noqa: E402
-from layers import denormalize  # noqa: E402
-from trainer import Trainer  # noqa: E402
-from utils import img_tile, save_image  # noqa: E402
+from data.gaze_data import load_gaze_data  # noqa: E402
+from data.pipelines import load_crops, resize_real  # noqa: E402
+from utils import img_tile, run_paths, save_image  # noqa: E402
 
 LOSS_TAGS = ["refiner/realism_loss", "refiner/regularization_loss", "refiner_d_loss_with_history",
              "synthetic_d_loss", "discrim_loss_with_history"]
@@ -38,12 +38,11 @@ def statistics(images):
             "high_frequency": detail.std(axis=(1, 2)).mean()}
 
 
-def refine_all(trainer, paths, shape, batch=256):
-    synthetic, refined = [], []
-    for images, _ in synthetic_dataset(paths, shape, batch, 0, training=False):
-        synthetic.append(denormalize(images))
-        refined.append(denormalize(trainer.refine(images)))
-    return np.concatenate(synthetic), np.concatenate(refined)
+def refine_all(refiner, paths, shape, batch=256):
+    """(synthetic, refined): every crop as uint8 at the input size, and the same crop refined."""
+    synthetic = load_crops(paths, shape, batch)
+    refined = load_crops(paths, shape, batch, refiner, desc="Refine synthetic images")
+    return synthetic, refined
 
 
 def comparison(synthetic, refined, real, columns, scale=3):
@@ -82,19 +81,23 @@ def main():
     parser.add_argument("--out", default="assets")
     parser.add_argument("--columns", type=int, default=10)
     args = parser.parse_args()
+    # The training flags (--is_train's default): load_gaze_data reads the real images only for training.
     config = get_config([f"--load_path={args.load_path}", f"--log_dir={args.log_dir}", f"--data_dir={args.data_dir}",
-                         "--is_train=False", "--batch_size=256"])
-    config.model_dir = os.path.join(args.log_dir, args.load_path)
-    data = load_gaze_data(config, load_real=True)
-    trainer = Trainer(config, data)
-    trainer._restore(required=True)
-    shape = trainer.image_shape
-    synthetic, refined = refine_all(trainer, data.synthetic_paths, shape)
+                         "--batch_size=256"])
+    paths = run_paths(config)  # nothing is trained or written there: only its checkpoint and events are read
+    checkpoint = tf.train.latest_checkpoint(paths.model_dir)
+    if checkpoint is None:
+        sys.exit(f"[!] no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
+    data = load_gaze_data(config)
+    shape = (config.input_height, config.input_width, config.input_channel)
+    refiner = load_refiner(checkpoint, shape)
+    print(f"[*] Refining with {checkpoint}")
+    synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size)
     real = resize_real(data.real_images, shape)
     os.makedirs(args.out, exist_ok=True)
     save_image(comparison(synthetic, refined, real[np.random.default_rng(0).permutation(len(real))], args.columns),
                os.path.join(args.out, "sample_comparison.png"))
-    save_image(loss_panels(config.model_dir), os.path.join(args.out, "sample_losses.png"))
+    save_image(loss_panels(paths.model_dir), os.path.join(args.out, "sample_losses.png"))
     table = {name: statistics(images) for name, images in
              (("synthetic", synthetic), ("refined", refined), ("real", real))}
     print(f"{'':10}" + "".join(f"{key:>16}" for key in table["real"]))

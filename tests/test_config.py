@@ -1,7 +1,10 @@
 """Flags: the original's defaults, parsing without eval, and the up-front checks."""
+import types
+
 import pytest
 
-from config import ConfigError, check_config, check_config_against_data, defaults, get_config
+
+from config import ConfigError, check_config, check_config_against_data, get_config
 
 ORIGINAL_DEFAULTS = {
     "kernel_dims": [], "stride_size": [], "channel_dims": [],
@@ -17,10 +20,10 @@ ORIGINAL_DEFAULTS = {
 
 
 def test_defaults_equal_the_original():
-    config = vars(defaults())
+    config = vars(get_config([]))
     for flag, value in ORIGINAL_DEFAULTS.items():
         assert config[flag] == value, flag
-    check_config(defaults())
+    check_config(get_config([]))
 
 
 @pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("0", False),
@@ -99,9 +102,36 @@ def test_test_mode_takes_any_batch_size():
     check_config(get_config(["--is_train=False", "--load_path=run", "--batch_size=5", "--buffer_size=1"]))
 
 
+def data_counts(num_synthetic, num_training=None, num_validation=None):
+    """What check_config_against_data reads of the data: its counts."""
+    split = None if num_training is None else types.SimpleNamespace(
+        training_paths=[""] * num_training, validation_paths=[""] * num_validation)
+    return types.SimpleNamespace(synthetic_paths=[""] * num_synthetic, split=split)
+
+
 def test_a_sample_grid_larger_than_the_synthetic_set_is_caught():
     config = get_config(["--sample_image_grid=3,3"])
-    check_config_against_data(config, 9)
+    check_config_against_data(config, data_counts(9))
     with pytest.raises(ConfigError, match=r"^--sample_image_grid=3,3: needs 9 test images .* has 8$"):
-        check_config_against_data(config, 8)
+        check_config_against_data(config, data_counts(8))
 
+
+def test_an_estimation_split_without_a_full_batch_is_caught():
+    config = get_config(["--task=estimation", "--batch_size=8"])
+    check_config_against_data(config, data_counts(100, 8, 1))
+    with pytest.raises(ConfigError, match=r"^--batch_size=8: the estimator's training split holds 7 labelled"):
+        check_config_against_data(config, data_counts(100, 7, 1))
+    with pytest.raises(ConfigError, match=r"^--batch_size=8: "):
+        check_config_against_data(config, data_counts(100, 90, 0))
+
+
+def test_too_few_estimator_steps_are_announced_with_a_batch_size_that_trains(capsys):
+    # The original's batch 512 on 2700 crops: 5 steps an epoch, 60 in 12 epochs; the estimator stays untrained.
+    check_config_against_data(get_config(["--task=estimation"]), data_counts(3000, 2700, 300))
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("[!] --batch_size=512: 2700 training crops make only 60 optimizer steps in 12 epochs")
+    assert line.endswith("--batch_size=64 gives 42 steps per epoch, 504 in all")
+    check_config_against_data(get_config(["--task=estimation", "--batch_size=128"]), data_counts(3000, 2700, 300))
+    assert capsys.readouterr().out == ""  # 21 steps an epoch, 252 in all: enough on the sample
+    check_config_against_data(get_config(["--task=estimation", "--batch_size=1"]), data_counts(12, 10, 2))
+    assert "use more synthetic images" in capsys.readouterr().out

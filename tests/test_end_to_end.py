@@ -1,8 +1,6 @@
 """The README's commands on the bundled sample, as a user runs them: train, resume, refine."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,9 +8,9 @@ import tensorflow as tf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import checkpoint_counters, folder_flags, run_main
 from data.sample_data import write_sample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SYNTHETIC = 24
 SCHEDULE = ["--initial_K_g=4", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
             "--log_step=2", "--sample_image_grid=2,2", "--max_image_summary=2"]
@@ -20,29 +18,13 @@ SCALAR_TAGS = {"refiner/realism_loss", "refiner/regularization_loss", "refiner/l
                "refiner_d_loss_with_history", "discrim_loss_with_history"}
 
 
-def run_main(folders, *flags):
-    """`python main.py` with the run's folders; returns the finished process (stdout and stderr as text)."""
-    command = [sys.executable, "main.py", *folders, *flags]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-
-
-def counters(model_dir):
-    """(refiner steps, discriminator steps, adversarial iterations) stored in the latest checkpoint."""
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
-    values = {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-              if key.endswith("iterations/.ATTRIBUTES/VARIABLE_VALUE") or key.startswith("step/")}
-    find = lambda prefix: int(next(value for key, value in values.items() if key.startswith(prefix)))  # noqa: E731
-    return find("refiner_optimizer/"), find("discriminator_optimizer/"), find("step/")
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny training run on a tiny sample; the tests below read what it left."""
     root = tmp_path_factory.mktemp("run")
     write_sample(root / "data" / "gaze", num_synthetic=NUM_SYNTHETIC, num_real=20, seed=9)
-    folders = [f"--data_dir={root / 'data'}", f"--log_dir={root / 'logs'}", f"--sample_dir={root / 'samples'}",
-               f"--output_dir={root / 'outputs'}"]
-    result = run_main(folders, *SCHEDULE, "--max_step=2")
+    folders = folder_flags(root / "data", root)
+    result = run_main(*folders, *SCHEDULE, "--max_step=2")
     assert result.returncode == 0, result.stderr[-3000:]
     (name,) = os.listdir(root / "logs")
     return root, folders, name, result
@@ -52,9 +34,10 @@ def test_training_writes_checkpoint_params_and_counters(run):
     root, _, name, _ = run
     model_dir = root / "logs" / name
     assert name.startswith("generative_")
-    assert counters(model_dir) == (4 + 2 * 2, 2 + 2 * 1, 2)
+    assert checkpoint_counters(model_dir) == (4 + 2 * 2, 2 + 2 * 1, 2)
     params = json.loads((model_dir / "params.json").read_text())
     assert params["batch_size"] == 4 and params["max_step"] == 2 and list(params) == sorted(params)
+    assert "model_dir" not in params  # the flags only: derived paths are not flags
 
 
 def test_training_writes_the_original_tensorboard_tags(run):
@@ -79,16 +62,16 @@ def test_training_writes_sample_grids_and_real_samples(run):
 
 def test_resume_continues_the_counters_without_pretraining_again(run):
     root, folders, name, _ = run
-    result = run_main(folders, *SCHEDULE, "--max_step=3", f"--load_path={name}")
+    result = run_main(*folders, *SCHEDULE, "--max_step=3", f"--load_path={name}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored" in result.stdout
-    assert counters(root / "logs" / name) == (4 + 3 * 2, 2 + 3 * 1, 3)
+    assert checkpoint_counters(root / "logs" / name) == (4 + 3 * 2, 2 + 3 * 1, 3)
     assert len(os.listdir(root / "logs")) == 1  # the same run folder, not a new one
 
 
 def test_refine_writes_one_image_per_crop(run):
     root, folders, name, _ = run
-    result = run_main(folders, "--is_train=False", f"--load_path={name}", "--batch_size=5")
+    result = run_main(*folders, "--is_train=False", f"--load_path={name}", "--batch_size=5")
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = sorted(os.listdir(root / "outputs" / name))
     crops = [file for file in os.listdir(root / "data" / "gaze" / "UnityEyes") if file.endswith("_cropped.png")]
@@ -100,7 +83,7 @@ def test_refine_writes_one_image_per_crop(run):
 
 def test_refine_without_a_checkpoint_is_one_clear_error(run):
     _, folders, _, _ = run
-    result = run_main(folders, "--is_train=False", "--load_path=missing_run")
+    result = run_main(*folders, "--is_train=False", "--load_path=missing_run")
     assert result.returncode == 1
     # TensorFlow's own start-up lines may come first; ours is one line, last.
     assert result.stderr.strip().splitlines()[-1].startswith("[!] no checkpoint in")

@@ -1,8 +1,6 @@
 """The estimation task: the estimator, its error measures, the label conventions, and the CLI end to end."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,15 +11,16 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import config as config_module
 import main
+from conftest import folder_flags, run_main
 from config import ConfigError, check_config, get_config
 from data import mpiigaze
-from data.gaze_data import (as_left_eyes, load_crops, load_gaze_data, load_synthetic_gaze, look_vec_to_gaze,
-                            read_look_vec, split_by_file)
+from data.gaze_data import estimation_sets, load_gaze_data
+from data.gaze_labels import as_left_eyes, label_crops, look_vec_to_gaze, read_look_vec, split_by_file
+from data.pipelines import load_crops
 from data.sample_data import write_sample
 from model import (MIN_ESTIMATOR_INPUT, angular_error, build_estimator, build_refiner, euclidean_loss,
                    share_within)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SYNTHETIC, NUM_REAL = 24, 20
 TINY = ["--task=estimation", "--batch_size=8", "--num_epochs=2", "--log_step=1", "--sample_image_grid=2,4",
         "--max_image_summary=2", "--checkpoint_secs=3600"]
@@ -89,13 +88,13 @@ def test_as_left_eyes_mirrors_only_the_right_eyes():
 
 
 def test_split_by_file_is_seeded_disjoint_and_complete():
-    paths = [f"{i}_cropped.png" for i in range(100)]
-    training, validation = split_by_file(paths, 0.1, seed=7)
-    assert len(validation) == 10 and sorted(training + validation) == sorted(paths)
-    assert split_by_file(paths, 0.1, seed=7) == (training, validation)
-    assert split_by_file(paths, 0.1, seed=8)[1] != validation
-    assert [len(part) for part in split_by_file(paths[:3], 0.01, seed=1)] == [2, 1]  # at least one each
-    assert [len(part) for part in split_by_file(paths[:3], 0.99, seed=1)] == [1, 2]
+    training, validation = split_by_file(100, 0.1, seed=7)
+    assert len(validation) == 10 and sorted([*training, *validation]) == list(range(100))
+    assert all(np.diff(training) > 0) and all(np.diff(validation) > 0)  # each in file order
+    np.testing.assert_array_equal(split_by_file(100, 0.1, seed=7)[1], validation)
+    assert list(split_by_file(100, 0.1, seed=8)[1]) != list(validation)
+    assert [len(part) for part in split_by_file(3, 0.01, seed=1)] == [2, 1]  # at least one each
+    assert [len(part) for part in split_by_file(3, 0.99, seed=1)] == [1, 2]
 
 
 def test_estimation_flags_are_checked():
@@ -130,7 +129,7 @@ def pupil_columns(images):
 def test_the_pupil_moves_with_gaze_x_in_both_domains(sample):
     """The conventions on the pixels: after conversion, gaze x > 0 puts the pupil on the image right in both."""
     _, data = sample
-    paths, gaze = load_synthetic_gaze(data.synthetic_paths)
+    paths, gaze = label_crops(data.synthetic_paths)
     crops = load_crops(paths, (35, 55, 1), 8)[..., 0]
     assert np.corrcoef(pupil_columns(crops), gaze[:, 0])[0, 1] > 0.8
     real, real_gaze = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)
@@ -143,32 +142,50 @@ def test_the_cache_keeps_which_images_are_right_eyes(sample):
     root, data = sample
     assert data.real_right_eye.shape == (NUM_REAL,) and data.real_right_eye.sum() == NUM_REAL // 2
     cache = root / "data" / "gaze" / "gaze.npz"
-    assert mpiigaze.load_cache_eyes(cache)[2].sum() == NUM_REAL // 2
-    mpiigaze.save_cache(cache, data.real_images, data.real_gaze)  # an older cache, without right_eye
+    assert mpiigaze.load_cache(cache)[2].sum() == NUM_REAL // 2
+    np.savez(cache, real=data.real_images, gaze=data.real_gaze)  # an older cache, without right_eye
     with pytest.raises(ValueError, match="older cache"):
-        mpiigaze.load_cache_eyes(cache)
+        mpiigaze.load_cache(cache)
     config = get_config([f"--data_dir={root / 'data'}", f"--sample_dir={root / 'samples'}"])
     np.testing.assert_array_equal(load_gaze_data(config).real_right_eye, data.real_right_eye)  # rebuilt
 
 
+def test_estimation_sets_hold_the_split_the_mirrored_real_eyes_and_the_refined_crops(sample):
+    root, _ = sample
+    config = get_config([f"--data_dir={root / 'data'}", "--task=estimation", "--validation_share=0.25"])
+    data = load_gaze_data(config)
+    split = data.split
+    assert len(split.training_paths) == 18 and len(split.validation_paths) == 6
+    assert not set(split.training_paths) & set(split.validation_paths)
+    sets = estimation_sets(data, (35, 55, 1), 4, refine=lambda images, training: images * 0 + REFINED_VALUE)
+    assert sets.training[0].shape == (18, 35, 55, 1) and sets.validation[0].shape == (6, 35, 55, 1)
+    assert np.all(sets.training[0] == np.rint((REFINED_VALUE + 1) * 127.5))  # refined, quantised as a PNG
+    np.testing.assert_array_equal(sets.training[1], split.training_gaze)
+    mirrored = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)[1]
+    np.testing.assert_array_equal(sets.real[1], mirrored)
+    assert sets.right_eyes_mirrored == NUM_REAL // 2 and sets.is_sample is False
+    assert [len(images) for images, _ in sets.real_batches()] == [4] * 5
+    evaluation_only = estimation_sets(load_gaze_data(get_config([f"--data_dir={root / 'data'}", "--task=estimation",
+                                                                 "--is_train=False", "--load_path=x"])), (35, 55, 1), 4)
+    assert evaluation_only.training is None and len(evaluation_only.real[0]) == NUM_REAL
+
+
 # ---------------------------------------------------------------- the command line
 
-def folder_flags(root):
-    return [f"--data_dir={root / 'data'}", f"--log_dir={root / 'logs'}", f"--sample_dir={root / 'samples'}",
-            f"--output_dir={root / 'outputs'}"]
+def flags_for(root):
+    return folder_flags(root / "data", root)
 
 
-def run_main(root, *flags):
-    """`python main.py` as a user runs it; returns the finished process (stdout and stderr as text)."""
-    return subprocess.run([sys.executable, "main.py", *folder_flags(root), *flags], cwd=ROOT, capture_output=True,
-                          text=True, timeout=240)
+def run_in(root, *flags):
+    """`python main.py` on the sample under root, writing under root."""
+    return run_main(*flags_for(root), *flags)
 
 
 @pytest.fixture(scope="module")
 def trained(sample):
     """A tiny estimator trained on the raw synthetic sample."""
     root, _ = sample
-    result = run_main(root, *TINY, "--load_path=synthetic")  # a new run with a known name
+    result = run_in(root, *TINY, "--load_path=synthetic")  # a new run with a known name
     assert result.returncode == 0, result.stderr[-3000:]
     return root, "estimation_synthetic", result
 
@@ -203,7 +220,7 @@ def test_training_writes_tensorboard_summaries_and_the_training_images(trained):
 def test_evaluation_mode_measures_the_saved_estimator_again(trained):
     root, name, _ = trained
     before = json.loads((root / "logs" / name / "evaluation.json").read_text())
-    result = run_main(root, "--task=estimation", "--is_train=False", f"--load_path={name}", "--batch_size=7")
+    result = run_in(root, "--task=estimation", "--is_train=False", f"--load_path={name}", "--batch_size=7")
     assert result.returncode == 0, result.stderr[-3000:]
     after = json.loads((root / "logs" / name / "evaluation.json").read_text())
     assert after["mean_angular_error"] == pytest.approx(before["mean_angular_error"], abs=1e-4)
@@ -212,16 +229,27 @@ def test_evaluation_mode_measures_the_saved_estimator_again(trained):
 
 def test_evaluating_a_missing_estimator_is_one_clear_error(sample, capsys):
     root, _ = sample
-    assert main.main([*folder_flags(root), "--task=estimation", "--is_train=False", "--load_path=missing"]) == 1
+    assert main.main([*flags_for(root), "--task=estimation", "--is_train=False", "--load_path=missing"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("[!] no estimator checkpoint in")
 
 
 def test_a_refiner_path_without_a_checkpoint_is_one_clear_error(sample, capsys):
     root, _ = sample
-    assert main.main([*folder_flags(root), *TINY, "--refiner_path=missing"]) == 1
+    assert main.main([*flags_for(root), *TINY, "--refiner_path=missing"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("[!] --refiner_path=missing: no checkpoint in")
+
+
+def test_the_split_is_checked_before_any_network_is_built(sample, capsys, monkeypatch):
+    root, _ = sample
+    def fail(*args, **kwargs):
+        raise AssertionError("a network was built before the flags were checked")
+    for module, name in ((main, "run_estimation"), (main, "Trainer")):
+        monkeypatch.setattr(module, name, fail)
+    assert main.main([*flags_for(root), *TINY, "--batch_size=23", "--refiner_path=missing"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("[!] --batch_size=23: the estimator's training split holds 22 labelled crops")
 
 
 def save_constant_refiner(model_dir):
@@ -238,7 +266,7 @@ def save_constant_refiner(model_dir):
 def test_the_estimator_trains_on_images_refined_by_the_refiner_path(sample):
     root, _ = sample
     save_constant_refiner(root / "logs" / "generative_constant")
-    result = run_main(root, *TINY, "--num_epochs=1", "--refiner_path=constant", "--load_path=refined")
+    result = run_in(root, *TINY, "--num_epochs=1", "--refiner_path=constant", "--load_path=refined")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refined by" in result.stdout and "generative_constant" in result.stdout
     with Image.open(root / "samples" / "estimation_refined" / "training_images.png") as grid:

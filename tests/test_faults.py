@@ -2,6 +2,7 @@
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,14 +14,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import refine as refine_module
+from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, run_main
 from config import get_config
 from data.gaze_data import load_gaze_data
 from data.sample_data import write_sample
-import trainer as trainer_module
-from trainer import Trainer, TrainingDiverged
-from utils import OutputError, prepare_dirs, save_image
+from refine import refine_folder
+from trainer import Trainer
+from training_loop import TrainingDiverged
+from utils import OutputError, make_run_folders, run_paths, save_image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
             "--log_step=1000", "--sample_image_grid=2,2", "--max_image_summary=2"]
 
@@ -32,36 +35,21 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def folders(data_dir, root):
-    return [f"--data_dir={data_dir}", f"--log_dir={root / 'logs'}", f"--sample_dir={root / 'samples'}",
-            f"--output_dir={root / 'outputs'}"]
+def start_training(data_dir, root, *flags, stderr=subprocess.PIPE):
+    command = [sys.executable, "main.py", *folder_flags(data_dir, root), *SCHEDULE, "--load_path=run", *flags]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def checkpoint_state(model_dir):
-    """{name: value} of the counters and the buffer's fill in the latest checkpoint."""
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
-    state = {}
-    for key in reader.get_variable_to_shape_map():
-        if key.endswith("iterations/.ATTRIBUTES/VARIABLE_VALUE") or key.startswith(("step/", "history_buffer/")):
-            state[key] = reader.get_tensor(key)
-    return state
-
-
-def counters(state):
-    find = lambda prefix: int(next(v for k, v in state.items() if k.startswith(prefix)))  # noqa: E731
-    return find("refiner_optimizer/"), find("discriminator_optimizer/"), find("step/")
-
-
-def start_training(data_dir, root, *flags):
-    command = [sys.executable, "main.py", *folders(data_dir, root), *SCHEDULE, "--load_path=run", *flags]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def checkpoint_files(model_dir):
+    return sorted(f for f in os.listdir(model_dir) if f.endswith(".index")) if os.path.isdir(model_dir) else []
 
 
 def wait_for_checkpoints(process, model_dir, count, timeout=180):
     """Block until the run has written `count` checkpoints (by their index files)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.isdir(model_dir) and len([f for f in os.listdir(model_dir) if f.endswith(".index")]) >= count:
+        if len(checkpoint_files(model_dir)) >= count:
             return
         assert process.poll() is None, process.communicate()[1][-2000:]
         time.sleep(0.05)
@@ -82,8 +70,8 @@ def test_kill_9_then_resume_goes_on_from_the_last_checkpoint(data_dir, tmp_path)
     wait_for_checkpoints(process, model_dir, 2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    state = checkpoint_state(model_dir)  # the latest checkpoint is complete and readable
-    before = counters(state)
+    state = checkpoint_values(model_dir)  # the latest checkpoint is complete and readable
+    before = checkpoint_counters(model_dir)
     assert consistent(*before)
     assert any(k.startswith("history_buffer/") for k in state)
 
@@ -91,47 +79,61 @@ def test_kill_9_then_resume_goes_on_from_the_last_checkpoint(data_dir, tmp_path)
     stdout, stderr = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, stderr[-2000:]
     assert (f"refiner step {before[0]}, discriminator step {before[1]}, iteration {before[2]}") in stdout
-    after = counters(checkpoint_state(model_dir))
+    after = checkpoint_counters(model_dir)
     assert after[2] == before[2] + 2 and consistent(*after)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_at_the_step_where_it_stopped(data_dir, tmp_path):
+    # No periodic checkpoint within the test: the only one can come from the stop itself.
     model_dir = tmp_path / "logs" / "generative_run"
-    process = start_training(data_dir, tmp_path, "--max_step=100000", "--checkpoint_secs=1")
-    wait_for_checkpoints(process, model_dir, 1)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-2000:]
-    assert "SIGTERM" in stdout + stderr and "Traceback" not in stderr
-    refiner_steps, discriminator_steps, iterations = counters(checkpoint_state(model_dir))
-    assert consistent(refiner_steps, discriminator_steps, iterations) and iterations < 100000
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        process = start_training(data_dir, tmp_path, "--max_step=100000", "--checkpoint_secs=3600", "--debug=True",
+                                 stderr=stderr)
+        printed = []
+        for line in process.stdout:  # --debug prints `[*] step N: ...` after every step, N the checkpoint number
+            printed.append(line)
+            if re.match(r"\[\*\] step \d+: refiner/realism_loss", line):
+                break  # in the adversarial phase
+        assert checkpoint_files(model_dir) == []
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=120)
+        stderr.seek(0)
+        errors = stderr.read()
+    assert process.returncode == 0, errors[-2000:]
+    assert "SIGTERM" in stdout and "Traceback" not in errors
+    last_step = int(re.findall(r"^\[\*\] step (\d+):", "".join(printed) + stdout, re.MULTILINE)[-1])
+    assert checkpoint_files(model_dir) == [f"ckpt-{last_step}.index"]
+    refiner_steps, discriminator_steps, iterations = checkpoint_counters(model_dir)
+    assert refiner_steps + discriminator_steps == last_step and iterations >= 1
+    assert consistent(refiner_steps, discriminator_steps, iterations)
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    config = get_config([*folders(data_dir, tmp_path), *SCHEDULE, "--load_path=run", "--max_step=2",
+    config = get_config([*folder_flags(data_dir, tmp_path), *SCHEDULE, "--load_path=run", "--max_step=2",
                          "--log_step=1", "--checkpoint_secs=3600"])
-    prepare_dirs(config)
+    paths = run_paths(config)
+    make_run_folders(config, paths)
     data = load_gaze_data(config)
-    Trainer(config, data).train()
-    good = tf.train.latest_checkpoint(config.model_dir)
+    Trainer(config, paths, data).train()
+    good = tf.train.latest_checkpoint(paths.model_dir)
 
     config.max_step = 4
-    trainer = Trainer(config, data)
-    restore = trainer._restore
+    trainer = Trainer(config, paths, data)
+    restore = trainer.restore
 
-    def restore_then_poison(required):
-        restored = restore(required)
+    def restore_then_poison():
+        restored = restore()
         # A weight gone bad, as after an exploding update; the output layer's, as ReLU may swallow a NaN.
         bias = trainer.refiner.get_layer("conv_out").bias
         bias.assign(bias * np.nan)
         return restored
 
-    trainer._restore = restore_then_poison
+    trainer.restore = restore_then_poison
     with pytest.raises(TrainingDiverged, match=r"refiner/\w+ is nan at step 13; the last good checkpoint is .*ckpt-10"):
         trainer.train()
-    assert tf.train.latest_checkpoint(config.model_dir) == good
-    assert counters(checkpoint_state(config.model_dir)) == (6, 4, 2)
-    assert sorted(f for f in os.listdir(config.model_dir) if f.endswith('.index')) == ['ckpt-10.index']
+    assert tf.train.latest_checkpoint(paths.model_dir) == good
+    assert checkpoint_counters(paths.model_dir) == (6, 4, 2)
+    assert checkpoint_files(paths.model_dir) == ['ckpt-10.index']
 
 
 # ---- bad input, as a user brings it ----
@@ -157,9 +159,7 @@ def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(dat
     copy = tmp_path / "data"
     shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*_cropped.png", "gaze.npz", "samples"))
     expected = corrupt(copy / "gaze")
-    result = subprocess.run([sys.executable, "main.py", *folders(copy, tmp_path), *SCHEDULE, "--max_step=1",
-                             "--load_path=run"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=240)
+    result = run_main(*folder_flags(copy, tmp_path), *SCHEDULE, "--max_step=1", "--load_path=run")
     assert result.returncode == 0, result.stderr[-2000:]
     for line in expected:
         assert line in result.stdout, (line, result.stdout)
@@ -188,15 +188,13 @@ def test_no_eval_or_exec_in_the_program():
 def trained(data_dir, tmp_path_factory):
     """A run trained for one iteration; its folders."""
     root = tmp_path_factory.mktemp("trained")
-    result = subprocess.run([sys.executable, "main.py", *folders(data_dir, root), *SCHEDULE, "--max_step=1",
-                             "--load_path=run"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    result = run_main(*folder_flags(data_dir, root), *SCHEDULE, "--max_step=1", "--load_path=run")
     assert result.returncode == 0, result.stderr[-2000:]
     return root
 
 
 def refine(data_dir, root, *flags):
-    return subprocess.run([sys.executable, "main.py", *folders(data_dir, root), "--is_train=False",
-                           "--load_path=run", *flags], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    return run_main(*folder_flags(data_dir, root), "--is_train=False", "--load_path=run", *flags)
 
 
 def test_refining_again_after_an_interruption_finishes_only_the_rest(data_dir, trained):
@@ -228,9 +226,10 @@ def test_refining_never_writes_into_the_input_folder(data_dir, trained):
 
 
 def test_a_write_error_while_refining_is_one_clear_error(data_dir, trained, monkeypatch):
-    config = get_config([*folders(data_dir, trained), f"--output_dir={trained / 'full_disk'}", "--is_train=False",
-                         "--load_path=run", "--batch_size=4"])
-    prepare_dirs(config)
+    config = get_config([*folder_flags(data_dir, trained), f"--output_dir={trained / 'full_disk'}",
+                         "--is_train=False", "--load_path=run", "--batch_size=4"])
+    paths = run_paths(config)
+    make_run_folders(config, paths)
     calls = []
 
     def fill_up(pixels, path):
@@ -239,8 +238,8 @@ def test_a_write_error_while_refining_is_one_clear_error(data_dir, trained, monk
             raise OutputError(f"cannot write {path}: No space left on device")
         save_image(pixels, path)
 
-    monkeypatch.setattr(trainer_module, "save_image", fill_up)
+    monkeypatch.setattr(refine_module, "save_image", fill_up)
     with pytest.raises(OutputError, match="No space left on device"):
-        Trainer(config, load_gaze_data(config, load_real=False)).test()
+        refine_folder(config, paths, load_gaze_data(config))
     written = os.listdir(trained / "full_disk" / "generative_run")
     assert len(written) == 5 and all(name.endswith("_refined.png") for name in written)  # whole files only

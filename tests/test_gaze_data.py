@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from config import get_config
-from data import gaze_data, mpiigaze
-from data.gaze_data import DataError, load_gaze_data, real_dataset, synthetic_dataset
+from data import download, gaze_data, mpiigaze
+from data.gaze_data import load_gaze_data, write_real_samples
+from data.gaze_labels import read_look_vec
+from data.pipelines import real_dataset, synthetic_dataset
+from data.reports import DataError
 from data.sample_data import write_sample
 
 SHAPE = (35, 55, 1)
@@ -29,14 +32,29 @@ def config_for(data_dir, tmp_path, *flags):
     return get_config([f"--data_dir={data_dir}", f"--sample_dir={tmp_path / 'samples'}", *flags])
 
 
+def refining_config(data_dir, tmp_path):
+    """Test mode's config: it uses the synthetic images only."""
+    return config_for(data_dir, tmp_path, "--is_train=False", "--load_path=run")
+
+
 def test_loads_both_domains_and_caches_the_real_images(sample_root, tmp_path):
     data = load_gaze_data(config_for(sample_root, tmp_path))
     assert len(data.synthetic_paths) == 24 and not data.is_sample
     assert data.real_images.shape == (20, 36, 60) and data.real_images.dtype == np.uint8
     assert data.real_gaze.shape == (20, 3)
-    images, gaze = mpiigaze.load_cache(sample_root / "gaze" / "gaze.npz")
+    images, gaze, _ = mpiigaze.load_cache(sample_root / "gaze" / "gaze.npz")
     np.testing.assert_array_equal(images, data.real_images)
+    assert not (tmp_path / "samples").exists()  # loading writes nothing but the cache
+
+
+def test_real_samples_are_an_explicit_step_written_once(sample_root, tmp_path):
+    data = load_gaze_data(config_for(sample_root, tmp_path))
+    write_real_samples(data, str(tmp_path / "samples"), seed=1)
     assert sorted(os.listdir(tmp_path / "samples")) == sorted(f"real_{i}.png" for i in range(20))
+    before = {name: os.stat(tmp_path / "samples" / name).st_mtime_ns for name in os.listdir(tmp_path / "samples")}
+    write_real_samples(data, str(tmp_path / "samples"), seed=2)
+    assert {name: os.stat(tmp_path / "samples" / name).st_mtime_ns
+            for name in os.listdir(tmp_path / "samples")} == before
 
 
 def test_an_old_cache_without_labels_is_rebuilt(sample_root, tmp_path, capsys):
@@ -48,8 +66,8 @@ def test_an_old_cache_without_labels_is_rebuilt(sample_root, tmp_path, capsys):
 
 
 def test_test_mode_needs_no_real_images(sample_root, tmp_path):
-    data = load_gaze_data(config_for(sample_root, tmp_path), load_real=False)
-    assert len(data.real_images) == 0 and len(data.synthetic_paths) == 24
+    data = load_gaze_data(refining_config(sample_root, tmp_path))
+    assert len(data.real_images) == 0 and len(data.synthetic_paths) == 24 and data.split is None
 
 
 def test_a_named_folder_without_frames_lists_the_paths_tried(tmp_path):
@@ -84,24 +102,23 @@ def test_missing_real_data_offline_says_where_to_put_it(sample_root, tmp_path, m
     data_dir = tmp_path / "data"
     (data_dir / "gaze").mkdir(parents=True)
     os.symlink(sample_root / "gaze" / "UnityEyes", data_dir / "gaze" / "UnityEyes")
-    monkeypatch.setattr(gaze_data, "MPIIGAZE_URL", "http://127.0.0.1:9/MPIIGaze.tar.gz")
-    fetch = gaze_data.fetch_mpiigaze
-    monkeypatch.setattr(gaze_data, "fetch_mpiigaze", lambda g, r: fetch(g, r, url=gaze_data.MPIIGAZE_URL))
+    fetch = download.fetch_mpiigaze
+    monkeypatch.setattr(gaze_data, "fetch_mpiigaze", lambda g, r: fetch(g, r, url="http://127.0.0.1:9/MPIIGaze.tar.gz"))
     with pytest.raises(DataError, match=r"cannot download .*by hand .*MPIIGaze.Data.Normalized.p00.day01\.mat"):
         load_gaze_data(config_for(data_dir, tmp_path))
     assert os.listdir(data_dir / "gaze") == ["UnityEyes"]  # no partial archive left behind
 
 
 def test_read_look_vec(sample_root):
-    path = load_gaze_data(config_for(sample_root, sample_root), load_real=False).synthetic_paths[0]
-    look_vec = gaze_data.read_look_vec(path)
+    path = load_gaze_data(refining_config(sample_root, sample_root)).synthetic_paths[0]
+    look_vec = read_look_vec(path)
     assert look_vec.shape == (3,) and abs(np.linalg.norm(look_vec) - 1) < 1e-3
 
 
 # ---- pipelines ----
 
 def test_synthetic_training_batches_are_fixed_size_seeded_and_repeat(sample_root, tmp_path):
-    paths = load_gaze_data(config_for(sample_root, tmp_path), load_real=False).synthetic_paths
+    paths = load_gaze_data(refining_config(sample_root, tmp_path)).synthetic_paths
     first = [batch.numpy() for batch, _ in zip(synthetic_dataset(paths[:6], SHAPE, 4, seed=1), range(4))]
     again = [batch.numpy() for batch, _ in zip(synthetic_dataset(paths[:6], SHAPE, 4, seed=1), range(4))]
     assert all(batch.shape == (4, *SHAPE) and batch.dtype == np.float32 for batch in first)
@@ -112,7 +129,7 @@ def test_synthetic_training_batches_are_fixed_size_seeded_and_repeat(sample_root
 
 
 def test_synthetic_evaluation_batches_keep_order_and_the_last_partial_batch(sample_root, tmp_path):
-    paths = load_gaze_data(config_for(sample_root, tmp_path), load_real=False).synthetic_paths
+    paths = load_gaze_data(refining_config(sample_root, tmp_path)).synthetic_paths
     batches = list(synthetic_dataset(paths[:7], (35, 55, 3), 4, seed=0, training=False))
     assert [len(images) for images, _ in batches] == [4, 3]
     assert [p.decode() for _, names in batches for p in names.numpy()] == paths[:7]
@@ -146,7 +163,7 @@ def add_file(tar, name, data=b"x", **fields):
 
 def test_safe_extract_unpacks_a_normal_archive(tmp_path):
     archive = make_tar(tmp_path / "ok.tar.gz", lambda tar: add_file(tar, "MPIIGaze/Data/readme.txt", b"hi"))
-    gaze_data.safe_extract(archive, tmp_path / "out")
+    download.safe_extract(archive, tmp_path / "out")
     assert (tmp_path / "out" / "MPIIGaze" / "Data" / "readme.txt").read_bytes() == b"hi"
 
 
@@ -168,7 +185,7 @@ def test_safe_extract_refuses_crafted_members(tmp_path, name, fields, reason):
     target = tmp_path / "deep" / "out"
     target.mkdir(parents=True)
     with pytest.raises(DataError, match=reason):
-        gaze_data.safe_extract(archive, target)
+        download.safe_extract(archive, target)
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "deep" / "escape.txt").exists()
     assert os.listdir(target) == []  # checked before anything is written
 
@@ -177,7 +194,7 @@ def test_safe_extract_reports_a_truncated_archive(tmp_path):
     archive = make_tar(tmp_path / "ok.tar.gz", lambda tar: add_file(tar, "a.bin", os.urandom(50000)))
     archive.write_bytes(archive.read_bytes()[:2000])
     with pytest.raises(DataError, match="cannot unpack"):
-        gaze_data.safe_extract(archive, tmp_path)
+        download.safe_extract(archive, tmp_path)
 
 
 # ---- downloads ----
@@ -205,16 +222,16 @@ def server(tmp_path):
 
 def test_download_renames_only_a_complete_file(server, tmp_path):
     url, body = server
-    gaze_data.download(f"{url}/full", str(tmp_path / "a.tar.gz"))
+    download.download(f"{url}/full", str(tmp_path / "a.tar.gz"))
     assert (tmp_path / "a.tar.gz").read_bytes() == body
     with pytest.raises(DataError, match="stopped at 300000 of 301000 bytes"):
-        gaze_data.download(f"{url}/short", str(tmp_path / "b.tar.gz"), timeout=5)
+        download.download(f"{url}/short", str(tmp_path / "b.tar.gz"), timeout=5)
     assert sorted(os.listdir(tmp_path)) == ["a.tar.gz"]
 
 
 def test_download_offline_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"^cannot download http://127.0.0.1:9/x \(.*\)$"):
-        gaze_data.download("http://127.0.0.1:9/x", str(tmp_path / "x"), timeout=5)
+        download.download("http://127.0.0.1:9/x", str(tmp_path / "x"), timeout=5)
     assert os.listdir(tmp_path) == []
 
 

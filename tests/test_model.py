@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layers import denormalize, normalize
 from model import (build_discriminator, build_refiner, discriminator_losses, patch_cross_entropy,
                    refiner_losses, self_regularization)
 
@@ -68,11 +67,3 @@ def test_discriminator_losses_label_fake_0_and_real_1():
     assert float(losses["synthetic_d_loss"]) == pytest.approx(math.log(2), rel=1e-6)
     assert float(losses["discrim_loss_with_history"]) == pytest.approx(
         math.log(2) + math.log(1 + math.exp(-10)), rel=1e-4)
-
-
-def test_normalize_and_denormalize_are_inverse_and_explicit():
-    pixels = np.array([0, 1, 127, 128, 254, 255], np.uint8)
-    scaled = normalize(pixels.astype(np.float32))
-    assert scaled.min() == -1.0 and scaled.max() == 1.0
-    np.testing.assert_array_equal(denormalize(scaled), pixels)
-    np.testing.assert_array_equal(denormalize(np.array([-3.0, 3.0])), [0, 255])

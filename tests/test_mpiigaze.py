@@ -9,6 +9,7 @@ import scipy.io
 from data import mpiigaze
 from data.mpiigaze import (BAD_SHAPE, BAD_VALUES, IMAGE_SHAPE, MISSING_FIELDS, NO_DATA, UNREADABLE, BadMat,
                            find_day_files, load_cache, read_day, read_days, save_cache)
+from utils import OutputError
 
 
 # ---------------------------------------------------------------- fixtures
@@ -45,7 +46,7 @@ def day_path(root, person, day):
 
 def test_read_day_stacks_left_then_right(tmp_path):
     left, right = eye(3, seed=1), eye(3, seed=2)
-    images, gaze = read_day(write_day(tmp_path / 'day01.mat', left, right))
+    images, gaze, _ = read_day(write_day(tmp_path / 'day01.mat', left, right))
     assert images.dtype == np.uint8 and images.shape == (6, *IMAGE_SHAPE)
     assert gaze.dtype == np.float32 and gaze.shape == (6, 3)
     np.testing.assert_array_equal(images, np.concatenate([left['image'], right['image']]))
@@ -60,7 +61,7 @@ def test_read_day_reads_fields_by_name_not_position(tmp_path):
     raw = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     assert raw['data']._fieldnames == ['right', 'left']  # the fixture really is in another order
     assert raw['data'].left._fieldnames == ['pose', 'gaze', 'image']
-    images, gaze = read_day(path)
+    images, gaze, _ = read_day(path)
     np.testing.assert_array_equal(images, np.concatenate([left['image'], right['image']]))
     np.testing.assert_allclose(gaze, np.concatenate([left['gaze'], right['gaze']]), rtol=1e-6)
 
@@ -70,7 +71,7 @@ def test_a_day_with_one_sample_gives_one_per_eye(tmp_path):
     path = write_day(tmp_path / 'day03.mat', left, right)
     raw = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     assert raw['data'].left.image.shape == IMAGE_SHAPE  # squeeze_me drops N = 1: the case under test
-    images, gaze = read_day(path)
+    images, gaze, _ = read_day(path)
     assert images.shape == (2, *IMAGE_SHAPE) and gaze.shape == (2, 3)
     np.testing.assert_array_equal(images[0], left['image'][0])
     np.testing.assert_array_equal(images[1], right['image'][0])
@@ -79,7 +80,7 @@ def test_a_day_with_one_sample_gives_one_per_eye(tmp_path):
 
 def test_one_sample_left_and_several_right(tmp_path):
     left, right = eye(1, seed=7), eye(3, seed=8)
-    images, gaze = read_day(write_day(tmp_path / 'day04.mat', left, right))
+    images, gaze, _ = read_day(write_day(tmp_path / 'day04.mat', left, right))
     assert images.shape == (4, *IMAGE_SHAPE) and gaze.shape == (4, 3)
     np.testing.assert_array_equal(images[1:], right['image'])
 
@@ -87,15 +88,15 @@ def test_one_sample_left_and_several_right(tmp_path):
 def test_images_stored_as_doubles_are_accepted(tmp_path):
     left, right = eye(2, seed=9, image_dtype=np.float64), eye(2, seed=10, image_dtype=np.float64)
     left['image'][0, 0, :2] = [0.0, 255.0]  # both ends of the range
-    images, _ = read_day(write_day(tmp_path / 'day05.mat', left, right))
+    images, _, _ = read_day(write_day(tmp_path / 'day05.mat', left, right))
     assert images.dtype == np.uint8
     np.testing.assert_array_equal(images, np.concatenate([left['image'], right['image']]).astype(np.uint8))
 
 
 def test_an_empty_day_gives_no_samples(tmp_path):
     empty = {'gaze': np.zeros((0, 3)), 'image': np.zeros((0, *IMAGE_SHAPE), np.uint8)}
-    images, gaze = read_day(write_day(tmp_path / 'day06.mat', empty, empty, filenames=False))
-    assert images.shape == (0, *IMAGE_SHAPE) and gaze.shape == (0, 3)
+    images, gaze, right_eye = read_day(write_day(tmp_path / 'day06.mat', empty, empty, filenames=False))
+    assert images.shape == (0, *IMAGE_SHAPE) and gaze.shape == (0, 3) and right_eye.shape == (0,)
 
 
 # ---------------------------------------------------------------- bad files
@@ -201,7 +202,7 @@ def test_read_days_skips_each_bad_file_and_uses_every_good_one(tmp_path):
         write(path)
         expected.setdefault(reason, []).append(os.path.join('p02', f'day{i + 1:02d}.mat'))
     root = tmp_path / 'Data' / 'Normalized'
-    images, gaze, skipped = read_days(find_day_files(tmp_path), root=root)
+    images, gaze, _, skipped = read_days(find_day_files(tmp_path), root=root)
     assert skipped == expected
     want_images = np.concatenate([np.concatenate([left['image'], right['image']]) for left, right in good.values()])
     want_gaze = np.concatenate([np.concatenate([left['gaze'], right['gaze']]) for left, right in good.values()])
@@ -209,17 +210,18 @@ def test_read_days_skips_each_bad_file_and_uses_every_good_one(tmp_path):
     np.testing.assert_array_equal(images, want_images)
     np.testing.assert_allclose(gaze, want_gaze, rtol=1e-6)
     # Without root, files are named by their base name.
-    _, _, plain = read_days(find_day_files(tmp_path))
+    _, _, _, plain = read_days(find_day_files(tmp_path))
     assert plain[NO_DATA] == [os.path.basename(p) for p in expected[NO_DATA]]
 
 
 def test_read_days_of_only_bad_files_gives_empty_arrays(tmp_path):
     not_a_mat(tmp_path / 'day01.mat')
-    images, gaze, skipped = read_days([tmp_path / 'day01.mat'])
+    images, gaze, right_eye, skipped = read_days([tmp_path / 'day01.mat'])
     assert images.shape == (0, *IMAGE_SHAPE) and images.dtype == np.uint8
     assert gaze.shape == (0, 3) and gaze.dtype == np.float32
+    assert right_eye.shape == (0,) and right_eye.dtype == bool
     assert skipped == {UNREADABLE: ['day01.mat']}
-    assert read_days([])[2] == {}
+    assert read_days([])[3] == {}
 
 
 # ---------------------------------------------------------------- find_day_files
@@ -251,33 +253,36 @@ def test_find_day_files_of_a_missing_folder_is_empty(tmp_path):
 # ---------------------------------------------------------------- cache
 
 def sample_arrays(count=5):
+    """(images, gaze, right_eye) of a cache: left eyes first, then right eyes."""
     rng = np.random.default_rng(0)
     return (rng.integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8),
-            rng.normal(size=(count, 3)).astype(np.float32))
+            rng.normal(size=(count, 3)).astype(np.float32),
+            np.arange(count) >= count // 2)
 
 
 def test_cache_roundtrip(tmp_path):
-    images, gaze = sample_arrays()
+    images, gaze, right_eye = sample_arrays()
     path = tmp_path / 'gaze.npz'
-    save_cache(path, images, gaze)
+    save_cache(path, images, gaze, right_eye)
     with np.load(path) as raw:
-        assert sorted(raw.files) == ['gaze', 'real']
-    loaded_images, loaded_gaze = load_cache(path)
+        assert sorted(raw.files) == ['gaze', 'real', 'right_eye']
+    loaded_images, loaded_gaze, loaded_right = load_cache(path)
     assert loaded_images.dtype == np.uint8 and loaded_gaze.dtype == np.float32
     np.testing.assert_array_equal(loaded_images, images)
     np.testing.assert_array_equal(loaded_gaze, gaze)
+    np.testing.assert_array_equal(loaded_right, right_eye)
     assert os.listdir(tmp_path) == ['gaze.npz']  # no temporary file left
     assert load_cache(str(path))[0].shape == images.shape
 
 
 def test_cache_float64_gaze_comes_back_float32(tmp_path):
-    images, gaze = sample_arrays()
-    save_cache(tmp_path / 'gaze.npz', images, gaze.astype(np.float64))
+    images, gaze, right_eye = sample_arrays()
+    save_cache(tmp_path / 'gaze.npz', images, gaze.astype(np.float64), right_eye)
     assert load_cache(tmp_path / 'gaze.npz')[1].dtype == np.float32
 
 
 def test_an_old_cache_holding_only_real_is_refused(tmp_path):
-    images, _ = sample_arrays()
+    images, _, _ = sample_arrays()
     np.savez(tmp_path / 'gaze.npz', real=images)
     with pytest.raises(ValueError, match='older cache'):
         load_cache(tmp_path / 'gaze.npz')
@@ -285,9 +290,9 @@ def test_an_old_cache_holding_only_real_is_refused(tmp_path):
 
 @pytest.mark.parametrize('damage', ['truncated', 'garbage', 'empty', 'npy', 'pickled', 'corrupt_member'])
 def test_a_damaged_cache_raises_valueerror(tmp_path, damage):
-    images, gaze = sample_arrays(50)
+    images, gaze, right_eye = sample_arrays(50)
     path = tmp_path / 'gaze.npz'
-    save_cache(path, images, gaze)
+    save_cache(path, images, gaze, right_eye)
     content = path.read_bytes()
     if damage == 'truncated':
         path.write_bytes(content[:len(content) // 2])
@@ -298,7 +303,7 @@ def test_a_damaged_cache_raises_valueerror(tmp_path, damage):
     elif damage == 'npy':
         np.save(open(path, 'wb'), images)
     elif damage == 'pickled':
-        np.savez(path, real=np.array([{'a': 1}], dtype=object), gaze=gaze)
+        np.savez(path, real=np.array([{'a': 1}], dtype=object), gaze=gaze, right_eye=right_eye)
     else:  # a byte flipped inside the stored real array: the zip CRC catches it
         with zipfile.ZipFile(path) as archive:
             offset = archive.getinfo('real.npy').header_offset + 30 + len('real.npy') + 200
@@ -317,8 +322,8 @@ def test_a_damaged_cache_raises_valueerror(tmp_path, damage):
     (np.zeros((2, *IMAGE_SHAPE), np.uint8), np.zeros((2, 2), np.float32)),    # gaze not N x 3
 ])
 def test_a_cache_of_unexpected_shapes_is_refused(tmp_path, images, gaze):
-    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze)
-    with pytest.raises(ValueError):
+    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze, right_eye=np.zeros(len(images), bool))
+    with pytest.raises(ValueError, match='unexpected shapes'):
         load_cache(tmp_path / 'gaze.npz')
 
 
@@ -330,20 +335,18 @@ def test_a_missing_cache_raises_valueerror(tmp_path):
 def test_save_cache_replaces_an_existing_file_atomically(tmp_path):
     path = tmp_path / 'gaze.npz'
     path.write_bytes(b'an old, damaged cache')
-    images, gaze = sample_arrays(3)
-    save_cache(path, images, gaze)
+    images, gaze, right_eye = sample_arrays(3)
+    save_cache(path, images, gaze, right_eye)
     np.testing.assert_array_equal(load_cache(path)[0], images)
     assert os.listdir(tmp_path) == ['gaze.npz']
-    images2, gaze2 = sample_arrays(7)
-    save_cache(path, images2, gaze2)
+    save_cache(path, *sample_arrays(7))
     assert load_cache(path)[0].shape == (7, *IMAGE_SHAPE)
     assert os.listdir(tmp_path) == ['gaze.npz']
 
 
 def test_an_interrupted_save_keeps_the_old_cache_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / 'gaze.npz'
-    images, gaze = sample_arrays(3)
-    save_cache(path, images, gaze)
+    save_cache(path, *sample_arrays(3))
     before = path.read_bytes()
     real_savez = np.savez
 
@@ -357,54 +360,69 @@ def test_an_interrupted_save_keeps_the_old_cache_and_leaves_no_temp(tmp_path, mo
     assert os.listdir(tmp_path) == ['gaze.npz']
 
 
-# ---------------------------------------------------------------- which eye (read_day_eyes, right_eye in the cache)
+def test_a_failed_save_raises_outputerror_keeps_the_old_cache_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / 'gaze.npz'
+    save_cache(path, *sample_arrays(3))
+    before = path.read_bytes()
+    real_savez = np.savez
 
-def test_read_day_eyes_flags_right_eyes(tmp_path):
+    def full_disk(file, **arrays):
+        real_savez(file, **arrays)
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(mpiigaze.np, 'savez', full_disk)
+    with pytest.raises(OutputError, match='No space left on device'):
+        save_cache(path, *sample_arrays(9))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['gaze.npz']
+
+
+# ---------------------------------------------------------------- which eye (right_eye from read_day, in the cache)
+
+def test_read_day_flags_right_eyes(tmp_path):
     left, right = eye(2, seed=30), eye(3, seed=31)
-    images, gaze, right_eye = mpiigaze.read_day_eyes(write_day(tmp_path / 'day01.mat', left, right))
+    images, gaze, right_eye = read_day(write_day(tmp_path / 'day01.mat', left, right))
     assert right_eye.dtype == bool and right_eye.tolist() == [False, False, True, True, True]
     np.testing.assert_array_equal(images[right_eye], right['image'])
     np.testing.assert_allclose(gaze[~right_eye], left['gaze'], rtol=1e-6)
 
 
-def test_read_days_eyes_matches_read_days_and_skips_alike(tmp_path):
+def test_read_days_stacks_the_right_eye_flags_of_the_days_it_uses(tmp_path):
     write_day(day_path(tmp_path, 'p00', 'day01'), eye(1, seed=32), eye(1, seed=33))
     write_day(day_path(tmp_path, 'p00', 'day02'), eye(2, seed=34), eye(2, seed=35))
     no_data(day_path(tmp_path, 'p00', 'day03'))
     paths = find_day_files(tmp_path)
-    images, gaze, right_eye, skipped = mpiigaze.read_days_eyes(paths)
-    plain_images, plain_gaze, plain_skipped = read_days(paths)
-    np.testing.assert_array_equal(images, plain_images)
-    np.testing.assert_array_equal(gaze, plain_gaze)
-    assert skipped == plain_skipped == {NO_DATA: ['day03.mat']}
+    images, gaze, right_eye, skipped = read_days(paths)
+    days = [read_day(path) for path in paths[:2]]
+    np.testing.assert_array_equal(images, np.concatenate([day[0] for day in days]))
+    np.testing.assert_array_equal(gaze, np.concatenate([day[1] for day in days]))
+    assert skipped == {NO_DATA: ['day03.mat']}
     assert right_eye.tolist() == [False, True, False, False, True, True]
-    empty = mpiigaze.read_days_eyes([])
+    empty = read_days([])
     assert empty[2].shape == (0,) and empty[2].dtype == bool
 
 
 def test_cache_with_right_eye_roundtrip(tmp_path):
-    images, gaze = sample_arrays(4)
+    images, gaze, _ = sample_arrays(4)
     right_eye = np.array([False, False, True, True])
     path = tmp_path / 'gaze.npz'
     save_cache(path, images, gaze, right_eye)
-    loaded_images, loaded_gaze, loaded_right = mpiigaze.load_cache_eyes(path)
+    loaded_images, loaded_gaze, loaded_right = load_cache(path)
     np.testing.assert_array_equal(loaded_images, images)
     np.testing.assert_array_equal(loaded_gaze, gaze)
     assert loaded_right.dtype == bool and loaded_right.tolist() == right_eye.tolist()
-    assert len(load_cache(path)) == 2  # the plain reader still gives (images, gaze)
     assert os.listdir(tmp_path) == ['gaze.npz']
 
 
-def test_load_cache_eyes_refuses_a_cache_without_right_eye(tmp_path):
-    save_cache(tmp_path / 'gaze.npz', *sample_arrays(3))
-    load_cache(tmp_path / 'gaze.npz')  # fine for the plain reader
+def test_load_cache_refuses_a_cache_without_right_eye(tmp_path):
+    images, gaze, _ = sample_arrays(3)
+    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze)
     with pytest.raises(ValueError, match='older cache'):
-        mpiigaze.load_cache_eyes(tmp_path / 'gaze.npz')
+        load_cache(tmp_path / 'gaze.npz')
 
 
 @pytest.mark.parametrize('right_eye', [np.zeros(3, np.uint8), np.zeros(4, bool), np.zeros((3, 1), bool)])
 def test_a_cache_with_a_bad_right_eye_is_refused(tmp_path, right_eye):
-    images, gaze = sample_arrays(3)
+    images, gaze, _ = sample_arrays(3)
     np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze, right_eye=right_eye)
     with pytest.raises(ValueError, match='right_eye'):
-        mpiigaze.load_cache_eyes(tmp_path / 'gaze.npz')
+        load_cache(tmp_path / 'gaze.npz')

@@ -46,7 +46,7 @@ def look_vec(info):
 
 
 def real_images(gaze_dir):
-    images, gaze, skipped = mpiigaze.read_days(mpiigaze.find_day_files(gaze_dir / "MPIIGaze"))
+    images, gaze, _, skipped = mpiigaze.read_days(mpiigaze.find_day_files(gaze_dir / "MPIIGaze"))
     assert not skipped
     return images, gaze
 

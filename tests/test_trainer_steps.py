@@ -7,14 +7,15 @@ import pytest
 import tensorflow as tf
 
 from config import get_config
-from trainer import Trainer, make_optimizer, minimize
+from trainer import MICRO_BATCH, Trainer, micro_batches
+from training_loop import make_optimizer, minimize
+
+NO_DATA = types.SimpleNamespace(synthetic_paths=[], real_images=None)  # the steps take their batches as arguments
 
 
 @pytest.fixture
-def trainer(tiny_config, tmp_path):
-    tiny_config.model_dir = str(tmp_path / "model")
-    data = types.SimpleNamespace(synthetic_paths=[], real_images=None, synthetic_dir=tmp_path)
-    return Trainer(tiny_config, data)
+def trainer(tiny_config, tiny_paths):
+    return Trainer(tiny_config, tiny_paths, NO_DATA)
 
 
 def weights(model):
@@ -41,11 +42,10 @@ def test_refiner_steps_change_only_the_refiner(trainer, step_name):
     assert all(np.isfinite(float(value)) for value in losses.values())
 
 
-def test_pretraining_uses_self_regularization_only(tiny_config, tmp_path):
+def test_pretraining_uses_self_regularization_only(tiny_config, tiny_paths):
     # With reg_scale 0 the warm-up has nothing to minimise: zero loss, the refiner stays as it was.
     tiny_config.reg_scale = 0.0
-    tiny_config.model_dir = str(tmp_path / "model")
-    trainer = Trainer(tiny_config, types.SimpleNamespace(synthetic_paths=[], real_images=None))
+    trainer = Trainer(tiny_config, tiny_paths, NO_DATA)
     before = weights(trainer.refiner)
     losses, _ = trainer.pretrain_refiner_step(images(2))
     assert set(losses) == {"regularization_loss", "loss"}
@@ -80,9 +80,34 @@ def test_refine_accepts_any_batch_size_with_one_trace(trainer):
     assert trainer.refine.experimental_get_tracing_count() == 1
 
 
-def test_gradients_are_clipped_per_tensor(trainer):
-    assert trainer.refiner_optimizer.clipnorm == trainer.config.max_grad_norm == 50
-    assert trainer.refiner_optimizer.epsilon == 1e-8
+def train_on_gradients(optimizer, gradient_steps):
+    """Zero variables updated through `minimize`, step after step, by losses with exactly these gradients."""
+    variables = [tf.Variable(tf.zeros_like(gradient)) for gradient in gradient_steps[0]]
+    for gradients in gradient_steps:
+        with tf.GradientTape() as tape:  # d/dv sum(gradient * v) = gradient
+            loss = tf.add_n([tf.reduce_sum(gradient * variable) for gradient, variable in zip(gradients, variables)])
+        minimize(optimizer, tape, loss, variables)
+    return [variable.numpy() for variable in variables]
+
+
+def test_sgd_clips_each_gradient_tensor_to_max_grad_norm():
+    optimizer = make_optimizer(get_config(["--optimizer=sgd", "--learning_rate=1", "--max_grad_norm=50"]))
+    large, small = tf.constant([300.0, 400.0]), tf.constant([3.0, 4.0])  # norms 500 and 5
+    after_large, after_small = train_on_gradients(optimizer, [[large, small]])
+    np.testing.assert_allclose(after_large, [-30.0, -40.0], rtol=1e-6)  # applied as a gradient of norm 50
+    np.testing.assert_allclose(after_small, [-3.0, -4.0], rtol=1e-6)  # per tensor: the small one is untouched
+
+
+def test_adam_clips_each_gradient_tensor_to_max_grad_norm():
+    # Adam's first step is lr * sign(g) whatever the scale: a second step shows the clipping in the moments.
+    config = get_config(["--learning_rate=0.1", "--max_grad_norm=50"])
+    steps = [[tf.constant([300.0, 400.0])], [tf.constant([3.0, 4.0])]]
+    clipped_steps = [[tf.constant([30.0, 40.0])], steps[1]]
+    reference = lambda: keras.optimizers.Adam(0.1, epsilon=1e-8)  # noqa: E731 (no clipping)
+    (ours,) = train_on_gradients(make_optimizer(config), steps)
+    np.testing.assert_allclose(ours, train_on_gradients(reference(), clipped_steps)[0], rtol=1e-5)
+    assert not np.allclose(ours, train_on_gradients(reference(), steps)[0], rtol=1e-3)  # the cases differ
+    assert make_optimizer(config).epsilon == 1e-8  # TF1's Adam epsilon, not Keras' 1e-7
 
 
 @pytest.fixture
@@ -92,10 +117,9 @@ def policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def test_bfloat16_steps_keep_float32_weights_history_and_losses(tiny_config, tmp_path, policy):
+def test_bfloat16_steps_keep_float32_weights_history_and_losses(tiny_config, tiny_paths, policy):
     policy("mixed_bfloat16")
-    tiny_config.model_dir = str(tmp_path / "model")
-    trainer = Trainer(tiny_config, types.SimpleNamespace(synthetic_paths=[], real_images=None))
+    trainer = Trainer(tiny_config, tiny_paths, NO_DATA)
     for seed in range(2):
         losses, refined = trainer.refiner_step(images(seed))
         trainer.history_buffer.push(refined)
@@ -119,10 +143,9 @@ def test_float16_scales_the_loss_and_unscales_the_gradients(tiny_config, policy)
     assert float(variable) == pytest.approx(3.0 - 0.1 * 6.0)  # the gradient 6, not 6 x the loss scale
 
 
-def test_jit_compile_flag_compiles_the_steps(tiny_config, tmp_path):
+def test_jit_compile_flag_compiles_the_steps(tiny_config, tiny_paths):
     tiny_config.jit_compile = True
-    tiny_config.model_dir = str(tmp_path / "model")
-    trainer = Trainer(tiny_config, types.SimpleNamespace(synthetic_paths=[], real_images=None))
+    trainer = Trainer(tiny_config, tiny_paths, NO_DATA)
     losses, _ = trainer.pretrain_refiner_step(images(1))
     assert np.isfinite(float(losses["loss"]))
     steps = (trainer.pretrain_refiner_step, trainer.refiner_step, trainer.discriminator_step)
@@ -130,10 +153,8 @@ def test_jit_compile_flag_compiles_the_steps(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("step_name", ["pretrain_refiner_step", "refiner_step"])
-def test_micro_batches_give_the_update_of_the_whole_batch(tiny_config, tmp_path, step_name):
-    tiny_config.model_dir = str(tmp_path / "model")
-    data = types.SimpleNamespace(synthetic_paths=[], real_images=None)
-    whole, split = Trainer(tiny_config, data), Trainer(tiny_config, data)
+def test_micro_batches_give_the_update_of_the_whole_batch(tiny_config, tiny_paths, step_name):
+    whole, split = Trainer(tiny_config, tiny_paths, NO_DATA), Trainer(tiny_config, tiny_paths, NO_DATA)
     for model in ("refiner", "discriminator"):
         getattr(split, model).set_weights(getattr(whole, model).get_weights())
     whole.micro_batches, split.micro_batches = 1, 2  # read when the step is traced
@@ -150,7 +171,6 @@ def test_micro_batches_give_the_update_of_the_whole_batch(tiny_config, tmp_path,
 
 
 def test_micro_batches_are_equal_and_at_most_the_limit():
-    from trainer import MICRO_BATCH, micro_batches
     assert micro_batches(4) == 1 and micro_batches(MICRO_BATCH) == 1
     assert micro_batches(512) == 512 // MICRO_BATCH
     assert all(batch % micro_batches(batch) == 0 and batch // micro_batches(batch) <= MICRO_BATCH

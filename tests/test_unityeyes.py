@@ -412,10 +412,10 @@ def test_every_bad_input_is_skipped_under_its_reason_and_every_good_one_used(tmp
     assert report.padded == [] and report.remade == []
     assert report.found == {'.jpg': 24, '.json': 24, 'crops': 0, 'other .png': 2}
     assert not (tmp_path / 'PWNED').exists()
-    # No crop for any bad frame, no temporary file left behind.
+    # No crop for any bad frame, no hidden temporary file left behind.
     made = sorted(n for n in os.listdir(tmp_path) if n.endswith(CROP_SUFFIX))
     assert made == ['1' + CROP_SUFFIX, '20' + CROP_SUFFIX, '5' + CROP_SUFFIX]
-    assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+    assert [n for n in os.listdir(tmp_path) if n.startswith('.')] == ['.hidden.jpg']  # the fixture's own
     for path in report.paths:
         read_crop(path)
 
@@ -431,17 +431,23 @@ def test_bad_inputs_are_skipped_again_on_the_next_run(tmp_path):
 def test_an_unexpected_error_skips_one_frame_only(tmp_path, monkeypatch):
     write_frame(tmp_path, '1')
     write_frame(tmp_path, '2')
-    real_save = Image.Image.save
+    real_save, real_save_image, writing = Image.Image.save, unityeyes.save_image, []
+
+    def save_image(crop, path, **kwargs):
+        writing[:] = [os.path.basename(path)]
+        return real_save_image(crop, path, **kwargs)
 
     def failing_save(self, fp, *args, **kwargs):
-        if str(fp).endswith('.tmp') and '.2_' in str(fp):
+        if writing == ['2' + CROP_SUFFIX]:  # fails while the hidden temporary file of crop 2 is open
             raise PermissionError('disk says no')
         return real_save(self, fp, *args, **kwargs)
+    monkeypatch.setattr(unityeyes, 'save_image', save_image)
     monkeypatch.setattr(Image.Image, 'save', failing_save)
     report = prepare_crops(tmp_path, workers=1)
     assert report.paths == [str(tmp_path / ('1' + CROP_SUFFIX))]
-    assert report.skipped == {f'{unityeyes.UNEXPECTED} (PermissionError)': ['2.jpg']}
-    assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+    # utils.atomic_write turns the OSError into an OutputError after removing its temporary file.
+    assert report.skipped == {f'{unityeyes.UNEXPECTED} (OutputError)': ['2.jpg']}
+    assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]
 
 
 # ---------------------------------------------------------------- parallel path
@@ -469,7 +475,7 @@ def test_parallel_path_gives_the_same_report_and_crops_as_sequential(tmp_path, m
     def spy(method=None):
         contexts.append(method)
         return real_get_context(method)
-    monkeypatch.setattr(unityeyes.multiprocessing, 'get_context', spy)
+    monkeypatch.setattr(multiprocessing, 'get_context', spy)
 
     one = prepare_crops(sequential, workers=1)
     assert contexts == []  # workers=1: no pool
@@ -509,10 +515,7 @@ def test_parallel_path_respects_max_num_and_cleans_up(tmp_path):
 def test_small_folders_stay_in_process_even_with_many_workers(tmp_path, monkeypatch):
     for stem in ('1', '2'):
         write_frame(tmp_path, stem)
-    monkeypatch.setattr(unityeyes.multiprocessing, 'get_context',
+    monkeypatch.setattr(multiprocessing, 'get_context',
                         lambda *a: pytest.fail('a pool for two frames'))
     assert len(prepare_crops(tmp_path, workers=8).paths) == 2
 
-
-def test_default_workers_is_at_least_two():
-    assert unityeyes.default_workers() >= 2

@@ -1,5 +1,6 @@
-"""Run folders, atomic writes and image grids: outputs are whole or absent, errors are one line."""
+"""Run folders, params.json, atomic writes, image scaling and grids: outputs are whole or absent, errors are one line."""
 import errno
+import json
 import os
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from PIL import Image
 
 from config import get_config
-from utils import OutputError, atomic_write, cpu_has_bf16, img_tile, model_name, prepare_dirs, save_image
+from utils import (OutputError, atomic_write, cpu_has_bf16, default_workers, denormalize, img_tile, make_run_folders,
+                   model_name, normalize, run_paths, save_image, save_params)
 
 
 def test_model_name_follows_the_original():
@@ -17,21 +19,44 @@ def test_model_name_follows_the_original():
     assert model_name(get_config([])).startswith("generative_20")
 
 
-def test_prepare_dirs_creates_what_each_mode_writes(tmp_path):
+def make_folders(flags):
+    config = get_config(flags)
+    make_run_folders(config, run_paths(config))
+
+
+def test_run_folders_are_made_for_what_each_mode_writes(tmp_path):
     flags = [f"--log_dir={tmp_path / 'logs'}", f"--sample_dir={tmp_path / 'samples'}",
              f"--output_dir={tmp_path / 'outputs'}", "--load_path=run"]
-    prepare_dirs(get_config(flags))
+    make_folders(flags)
     assert sorted(os.listdir(tmp_path)) == ["logs", "samples"]
-    prepare_dirs(get_config(flags + ["--is_train=False", "--task=estimation"]))
+    make_folders(flags + ["--is_train=False", "--task=estimation"])
     assert sorted(os.listdir(tmp_path)) == ["logs", "samples"]  # evaluation writes into the model folder only
-    prepare_dirs(get_config(flags + ["--is_train=False"]))
+    make_folders(flags + ["--is_train=False"])
     assert os.path.isdir(tmp_path / "outputs" / "generative_run")
+
+
+def test_run_paths_accept_the_run_folder_itself_as_load_path(tmp_path):
+    (tmp_path / "elsewhere" / "generative_old").mkdir(parents=True)
+    paths = run_paths(get_config([f"--log_dir={tmp_path / 'logs'}", f"--load_path={tmp_path / 'elsewhere' / 'generative_old'}"]))
+    assert paths.model_name == "generative_old" and paths.model_dir == str(tmp_path / "elsewhere" / "generative_old")
+    assert paths.sample_dir == os.path.join("samples", "generative_old")
+
+
+def test_params_json_holds_the_flags_and_nothing_else(tmp_path):
+    config = get_config([f"--log_dir={tmp_path}", "--load_path=run", "--batch_size=6"])
+    paths = run_paths(config)
+    make_run_folders(config, paths)
+    save_params(config, paths)
+    params = json.loads((tmp_path / "generative_run" / "params.json").read_text())
+    assert params == vars(get_config([f"--log_dir={tmp_path}", "--load_path=run", "--batch_size=6"]))
+    assert not {"model_dir", "model_name", "sample_model_dir", "output_model_dir"} & set(params)
+    assert list(params) == sorted(params)
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(OutputError, match="^cannot create folder .*file.*generative_run"):
-        prepare_dirs(get_config([f"--log_dir={tmp_path / 'file'}", "--load_path=run"]))
+        make_folders([f"--log_dir={tmp_path / 'file'}", "--load_path=run"])
 
 
 def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
@@ -80,3 +105,15 @@ def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, flags, expected):
     (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert cpu_has_bf16(str(tmp_path / "cpuinfo")) is expected
     assert cpu_has_bf16(str(tmp_path / "missing")) is False
+
+
+def test_normalize_and_denormalize_are_inverse_and_explicit():
+    pixels = np.arange(256, dtype=np.uint8)
+    scaled = normalize(pixels.astype(np.float32))
+    assert scaled.min() == -1.0 and scaled.max() == 1.0
+    np.testing.assert_array_equal(denormalize(scaled), pixels)
+    np.testing.assert_array_equal(denormalize(np.array([-3.0, 3.0])), [0, 255])
+
+
+def test_default_workers_is_between_two_and_the_cap():
+    assert 2 <= default_workers() <= 32

@@ -1,0 +1,90 @@
+"""Checkpoints: saved on a clock and on request, restored with a one-line explanation, a refiner alone.
+
+TensorFlow writes a checkpoint's index last, so a crash mid-write keeps the previous one the latest.
+"""
+import os
+import time
+
+import tensorflow as tf
+from tqdm import tqdm
+
+from model import build_refiner
+from utils import OutputError
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or cannot be read; str(e) is one line."""
+
+
+def restore_checkpoint(checkpoint, path, partial=False):
+    """Load path into checkpoint's objects, each of which must find its values; one-line CheckpointError if not.
+
+    partial: values in the file that nothing here asks for (a training checkpoint's optimizers when
+    only the networks are wanted) are fine.
+    """
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"cannot restore {path} (was it made with other flags?): {message}") from None
+
+
+class Checkpoints:
+    """The checkpoints of one folder: numbered saves, the latest restored, a periodic save when due."""
+
+    def __init__(self, checkpoint, directory, max_to_keep, every_secs=None, name="ckpt", announce=False):
+        self.checkpoint = checkpoint
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
+                                                  checkpoint_name=name)
+        self.every_secs = every_secs
+        self.announce = announce
+        self.last_save = time.monotonic()
+
+    @property
+    def latest(self):
+        return self.manager.latest_checkpoint
+
+    def save(self, number):
+        """Write checkpoint `number`; OutputError (one line) if the disk refuses."""
+        try:
+            path = self.manager.save(checkpoint_number=number)
+        except (OSError, tf.errors.OpError) as error:
+            raise OutputError(f"cannot write a checkpoint in {self.manager.directory}: {error}") from None
+        self.last_save = time.monotonic()
+        if self.announce:
+            tqdm.write(f"[*] Saved checkpoint {path}")
+        return path
+
+    def save_if_due(self, number):
+        """Save when every_secs have passed since the last save."""
+        if self.every_secs is not None and time.monotonic() - self.last_save >= self.every_secs:
+            self.save(number)
+
+    def restore_latest(self, partial=False):
+        """Restore the latest checkpoint, if there is one; returns its path or None."""
+        latest = self.latest
+        if latest is not None:
+            restore_checkpoint(self.checkpoint, latest, partial)
+        return latest
+
+
+def find_refiner_checkpoint(refiner_path, log_dir):
+    """The latest checkpoint of a generative model: a path, a name under log_dir, or that name less `generative_`."""
+    tried = list(dict.fromkeys([refiner_path, os.path.join(log_dir, refiner_path),
+                                os.path.join(log_dir, f"generative_{refiner_path}")]))
+    for folder in tried:
+        latest = tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
+        if latest:
+            return latest
+    raise CheckpointError(f"--refiner_path={refiner_path}: no checkpoint in {', '.join(tried)}; "
+                          f"train a generative model first")
+
+
+def load_refiner(checkpoint_path, image_shape):
+    """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
+    refiner = build_refiner(image_shape)
+    restore_checkpoint(tf.train.Checkpoint(refiner=refiner), checkpoint_path, partial=True)
+    return refiner

@@ -1,0 +1,60 @@
+"""Test mode: refine every synthetic crop of a folder with a trained refiner (`--is_train=False`).
+
+Builds the refiner alone and restores it from the run's latest checkpoint: no discriminator,
+optimizers or history buffer.
+"""
+import collections
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import tensorflow as tf
+from tqdm import tqdm
+
+from checkpoints import CheckpointError, load_refiner
+from config import image_shape
+from data.pipelines import synthetic_dataset
+from utils import OutputError, denormalize, save_image
+
+
+def refined_name(crop_path):
+    """`{i}_cropped.png` -> `{i}_refined.png`: the refined image keeps its frame's number (and label)."""
+    stem = os.path.basename(crop_path)
+    stem = stem[: -len("_cropped.png")] if stem.endswith("_cropped.png") else os.path.splitext(stem)[0]
+    return f"{stem}_refined.png"
+
+
+def refine_folder(config, paths, data):
+    """Refine every synthetic crop once, in sorted order, into OUTPUT_DIR/NAME/{i}_refined.png.
+
+    Images already refined (a run interrupted earlier) are left as they are and not refined again.
+    """
+    if os.path.realpath(paths.output_dir) == os.path.realpath(data.synthetic_dir):
+        raise OutputError(f"--output_dir would write into the input folder {paths.output_dir}")
+    latest = tf.train.latest_checkpoint(paths.model_dir)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
+    shape = image_shape(config)
+    refiner = load_refiner(latest, shape)
+    tqdm.write(f"[*] Restored the refiner of {latest}")
+    targets = {path: os.path.join(paths.output_dir, refined_name(path)) for path in data.synthetic_paths}
+    remaining = [path for path, target in targets.items() if not os.path.exists(target)]
+    if len(remaining) < len(targets):
+        print(f"[*] {len(targets) - len(remaining)} images already refined in {paths.output_dir}; refining the rest")
+    # Any batch size, one trace: the last batch is smaller than the rest.
+    refine = tf.function(lambda images: refiner(images, training=False),
+                         input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    batches = synthetic_dataset(remaining, shape, config.batch_size, 0, training=False)
+    _write_refined(batches, refine, targets, -(-len(remaining) // config.batch_size), config.batch_size)
+
+
+def _write_refined(batches, refine, targets, total, batch_size):
+    """PNG encoding and writing run in two threads while the next batch is refined (tf.data decodes ahead)."""
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        pending = collections.deque()
+        for images, names in tqdm(batches, total=total, desc="Refine all synthetic images"):
+            for pixels, name in zip(denormalize(refine(images)), names.numpy()):
+                pending.append(writer.submit(save_image, pixels, targets[name.decode()]))
+            while len(pending) > 2 * batch_size:  # at most two batches wait, in memory
+                pending.popleft().result()  # re-raises a write error (a full disk) here
+        for future in pending:
+            future.result()

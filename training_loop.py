@@ -1,0 +1,86 @@
+"""What both trainers share: the optimizers, one update, and the bookkeeping after every step.
+
+After each step a trainer calls `TrainingLoop.after_step`: the losses must be finite, `--debug`
+prints them, every `log_step` they go to TensorBoard, every `checkpoint_secs` a checkpoint is written,
+and a SIGINT/SIGTERM becomes a request to stop at this step boundary (the trainer then saves).
+"""
+import signal
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint stays the latest."""
+
+
+def make_optimizer(config):
+    """Adam (epsilon 1e-8, TF1's default) or SGD; clipnorm clips each gradient tensor on its own.
+
+    Under float16 the loss is scaled so small gradients do not flush to zero (bfloat16 needs no scaling).
+    """
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(config.learning_rate, clipnorm=config.max_grad_norm)
+    else:
+        optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8, clipnorm=config.max_grad_norm)
+    if keras.mixed_precision.global_policy().compute_dtype == "float16":
+        return keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def minimize(optimizer, tape, loss, variables):
+    """One optimizer step on loss; the loss scale (identity unless float16) is undone by apply_gradients."""
+    with tape:  # the scaling must be on the tape too
+        scaled_loss = optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(gradients, variables))
+
+
+class TrainingLoop:
+    """A context for a training loop: stop requests while inside, and the checks and writes after each step."""
+
+    def __init__(self, config, checkpoints):
+        self.config = config
+        self.checkpoints = checkpoints
+        self.stop_requested = False
+
+    def __enter__(self):
+        self.stop_requested = False
+        self._previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        self._restore_handlers()
+
+    def _request_stop(self, signum, frame):
+        self.stop_requested = True
+        tqdm.write(f"[*] {signal.Signals(signum).name}: saving a checkpoint and stopping (again to kill)")
+        self._restore_handlers()
+
+    def _restore_handlers(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def after_step(self, values, step, write_summaries, on_summaries=None):
+        """Check, print, log and checkpoint after step `step`; False when the loop must stop.
+
+        values: {TensorBoard tag: scalar}. write_summaries: this step writes them (and calls
+        on_summaries(step) for the trainer's images). The checkpoint number is `step`.
+        """
+        values = {name: float(value) for name, value in values.items()}
+        bad = {name: value for name, value in values.items() if not np.isfinite(value)}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise TrainingDiverged(f"{name} is {value} at step {step}; the last good checkpoint "
+                                   f"is {self.checkpoints.latest or 'none'}")
+        if self.config.debug:
+            tqdm.write(f"[*] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+        if write_summaries:
+            for name, value in values.items():
+                tf.summary.scalar(name, value, step=step)
+            if on_summaries is not None:
+                on_summaries(step)
+        self.checkpoints.save_if_due(step)
+        return not self.stop_requested
