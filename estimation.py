@@ -113,8 +113,8 @@ class EstimatorTrainer:
                 self._write_training_images(images)
             loss, error = self.train_step(images, gaze)
             step = int(self.optimizer.iterations)
-            values = {"estimator/loss": loss, "estimator/angular_error": error}
-            if not loop.after_step(values, step, step % self.config.log_step == 0):
+            loop.log({"estimator/loss": loss, "estimator/angular_error": error}, step)
+            if not loop.resumable(step):
                 return False
         return True
 

@@ -56,14 +56,15 @@ def refiner_losses(refined_logits, refined, synthetic, reg_scale):
     }
 
 
-def discriminator_losses(fake_logits, real_logits):
-    """Fake (half fresh, half history) should score fake, real should score real; batch means."""
+def discriminator_losses(fake_logits, real_logits, num_fresh):
+    """Fake (num_fresh fresh, then history) should score fake, real should score real; batch means."""
     fake = patch_cross_entropy(fake_logits, FAKE_LABEL)
     real = patch_cross_entropy(real_logits, REAL_LABEL)
     return {
         # The original names the real images' loss `synthetic_d_loss`; the tag is kept.
         "synthetic_d_loss": tf.reduce_mean(real),
-        "refiner_d_loss_with_history": tf.reduce_mean(fake),
+        # As the original: the loss on the history half alone.
+        "refiner_d_loss_with_history": tf.reduce_mean(fake[num_fresh:]),
         "discrim_loss_with_history": tf.reduce_mean(fake + real),
     }
 

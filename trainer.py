@@ -110,11 +110,12 @@ class Trainer:
 
     def _discriminator_step(self, synthetic, history, real):
         """Tell real images from refined ones: half a batch fresh, half from the history buffer."""
-        fresh = self.refiner(synthetic[: self.config.batch_size // 2], training=False)
+        half = self.config.batch_size // 2
+        fresh = self.refiner(synthetic[:half], training=False)
         fake = tf.concat([tf.cast(fresh, history.dtype), history], axis=0)  # bf16/fp16 refiner, fp32 history
         with tf.GradientTape() as tape:
             losses = discriminator_losses(self.discriminator(fake, training=True),
-                                          self.discriminator(real, training=True))
+                                          self.discriminator(real, training=True), num_fresh=half)
         minimize(self.discriminator_optimizer, tape, losses["discrim_loss_with_history"],
                  self.discriminator.trainable_variables)
         return losses
@@ -123,7 +124,7 @@ class Trainer:
 
     @property
     def global_step(self):
-        """Optimizer steps of both networks together: the x-axis of every summary."""
+        """Optimizer steps of both networks together: the checkpoints' numbers."""
         return int(self.refiner_optimizer.iterations) + int(self.discriminator_optimizer.iterations)
 
     def train(self):
@@ -136,8 +137,6 @@ class Trainer:
         self.test_images = self._load_test_images()
         self.summary_writer = tf.summary.create_file_writer(self.paths.model_dir)
         with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints) as self.loop:
-            if self.global_step == 0:
-                self._write_synthetic_summary()
             for phase in (self._train_refiner, self._train_discriminator, self._train_both):
                 if not phase():
                     break
@@ -151,7 +150,8 @@ class Trainer:
             losses, refined = self.pretrain_refiner_step(next(self.synthetic_batches))
             if step >= fill_from:
                 self.history_buffer.push(refined)
-            if not self._after_step(step + 1, refiner=losses):
+            self._log_refiner(losses)
+            if not self.loop.resumable(self.global_step):
                 return False
         return True
 
@@ -160,43 +160,47 @@ class Trainer:
         total, done = self.config.initial_K_d, int(self.discriminator_optimizer.iterations)
         if done < total:
             self._ensure_history()
-        for step in tqdm(range(done, total), desc="Train discrim", initial=done, total=total):
-            if not self._after_step(step + 1, discriminator=self._discriminate()):
+        for _ in tqdm(range(done, total), desc="Train discrim", initial=done, total=total):
+            self._discriminate()
+            if not self.loop.resumable(self.global_step):
                 return False
         return True
 
     def _train_both(self):
-        """`max_step` iterations of K_g refiner steps (each pushes to the history) and K_d discriminator steps."""
+        """`max_step` iterations of K_g refiner steps (each pushes to the history) and K_d discriminator steps.
+
+        A run stops or checkpoints only between whole iterations, so a resumed run repeats none.
+        """
         total, done = self.config.max_step, int(self.step)
         if done < total:
             self._ensure_history()
         for _ in tqdm(range(done, total), desc="Train both", initial=done, total=total):
             for _ in range(self.config.K_g):
-                refiner_losses_, refined = self.refiner_step(next(self.synthetic_batches))
+                losses, refined = self.refiner_step(next(self.synthetic_batches))
                 self.history_buffer.push(refined)
+                self._log_refiner(losses)
             for _ in range(self.config.K_d):
-                discriminator_losses_ = self._discriminate()
+                self._discriminate()
             self.step.assign_add(1)
-            if not self._after_step(int(self.step), refiner=refiner_losses_ if self.config.K_g else None,
-                                    discriminator=discriminator_losses_ if self.config.K_d else None):
+            if not self.loop.resumable(self.global_step):
                 return False
         return True
 
     def _discriminate(self):
+        """One discriminator step on fresh, history and real images, logged on the discriminator's counter."""
         history = self.history_buffer.sample()
-        return self.discriminator_step(next(self.synthetic_batches), history, next(self.real_batches))
+        losses = self.discriminator_step(next(self.synthetic_batches), history, next(self.real_batches))
+        self.loop.log(losses, int(self.discriminator_optimizer.iterations))
+
+    def _log_refiner(self, losses):
+        """The refiner's scalars, test images and sample grid, on the refiner's counter (the original's axes)."""
+        self.loop.log({f"refiner/{name}": value for name, value in losses.items()},
+                      int(self.refiner_optimizer.iterations), self._write_samples)
 
     def _ensure_history(self):
         """With no refiner warm-up the buffer is empty; seed it with one refined batch."""
         if len(self.history_buffer) == 0:
             self.history_buffer.push(self.refine(next(self.synthetic_batches)))
-
-    def _after_step(self, phase_step, refiner=None, discriminator=None):
-        """The shared bookkeeping, on the original's tags; False when training must stop."""
-        values = {f"refiner/{name}": value for name, value in (refiner or {}).items()}
-        values.update(discriminator or {})
-        return self.loop.after_step(values, self.global_step, phase_step % self.config.log_step == 0,
-                                    self._write_samples)
 
     # ---- summaries, samples, checkpoints ----
 
@@ -207,17 +211,20 @@ class Trainer:
         images, _ = next(iter(synthetic_dataset(paths, self.image_shape, len(paths), 0, training=False)))
         return images
 
-    def _write_synthetic_summary(self):
-        tf.summary.image("test_synthetic_images", denormalize(self.test_images),
-                         step=0, max_outputs=self.config.max_image_summary)
+    def _write_samples(self, refiner_step):
+        """The test images refined now: an image summary and SAMPLE_DIR/NAME/{refiner_step}.png.
 
-    def _write_samples(self, step):
-        """The test images refined now: an image summary and SAMPLE_DIR/NAME/{step}.png."""
+        As the original, the unrefined test images are written once, beside the first refined ones.
+        """
+        if refiner_step == self.config.log_step:
+            tf.summary.image("test_synthetic_images", denormalize(self.test_images),
+                             step=refiner_step, max_outputs=self.config.max_image_summary)
         refined = denormalize(self.refine(self.test_images))
-        tf.summary.image("test_refined_images", refined, step=step, max_outputs=self.config.max_image_summary)
+        tf.summary.image("test_refined_images", refined, step=refiner_step,
+                         max_outputs=self.config.max_image_summary)
         self.summary_writer.flush()
         rows, cols = self.config.sample_image_grid
-        save_image(img_tile(refined, rows, cols), os.path.join(self.paths.sample_dir, f"{step}.png"))
+        save_image(img_tile(refined, rows, cols), os.path.join(self.paths.sample_dir, f"{refiner_step}.png"))
 
     def restore(self):
         """Resume from the latest checkpoint of the run folder, if it has one."""

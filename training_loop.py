@@ -1,8 +1,9 @@
-"""What both trainers share: the optimizers, one update, and the bookkeeping after every step.
+"""What both trainers share: the optimizers, one update, and the bookkeeping around every step.
 
-After each step a trainer calls `TrainingLoop.after_step`: the losses must be finite, `--debug`
-prints them, every `log_step` they go to TensorBoard, every `checkpoint_secs` a checkpoint is written,
-and a SIGINT/SIGTERM becomes a request to stop at this step boundary (the trainer then saves).
+After each network step a trainer calls `TrainingLoop.log`: the losses must be finite, `--debug`
+prints them, and at steps that are multiples of `log_step` they go to TensorBoard at x = that step.
+At each point a run can resume from, it calls `TrainingLoop.resumable`: a checkpoint every
+`checkpoint_secs`, and a SIGINT/SIGTERM becomes a request to stop there (the trainer then saves).
 """
 import signal
 
@@ -63,11 +64,10 @@ class TrainingLoop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def after_step(self, values, step, write_summaries, on_summaries=None):
-        """Check, print, log and checkpoint after step `step`; False when the loop must stop.
+    def log(self, values, step, on_summaries=None):
+        """Check and print one network step's losses; write them (and call on_summaries(step)) every log_step.
 
-        values: {TensorBoard tag: scalar}. write_summaries: this step writes them (and calls
-        on_summaries(step) for the trainer's images). The checkpoint number is `step`.
+        values: {TensorBoard tag: scalar}; step: that network's step counter, the summaries' x.
         """
         values = {name: float(value) for name, value in values.items()}
         bad = {name: value for name, value in values.items() if not np.isfinite(value)}
@@ -77,10 +77,13 @@ class TrainingLoop:
                                    f"is {self.checkpoints.latest or 'none'}")
         if self.config.debug:
             tqdm.write(f"[*] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
-        if write_summaries:
+        if step % self.config.log_step == 0:
             for name, value in values.items():
                 tf.summary.scalar(name, value, step=step)
             if on_summaries is not None:
                 on_summaries(step)
-        self.checkpoints.save_if_due(step)
+
+    def resumable(self, checkpoint_number):
+        """A point training can resume from: checkpoint if one is due; False when a stop was requested."""
+        self.checkpoints.save_if_due(checkpoint_number)
         return not self.stop_requested

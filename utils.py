@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 MAX_WORKERS = 32  # a cap on worker processes, so a 128-core node does not start 128 decoders
 
@@ -121,14 +121,19 @@ def denormalize(images):
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def save_image(pixels, path, compress_level=6):
-    """Write a uint8 (H, W) or (H, W, 1|3) array (or a PIL image) as a PNG, atomically."""
+def save_image(pixels, path, compress_level=6, text=None):
+    """Write a uint8 (H, W) or (H, W, 1|3) array (or a PIL image) as a PNG, atomically; text: {key: value} chunks."""
     if isinstance(pixels, Image.Image):
         image = pixels
     else:
         pixels = np.asarray(pixels, dtype=np.uint8)
         image = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
-    atomic_write(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    atomic_write(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level, pnginfo=info))
 
 
 def img_tile(images, rows, cols, border=1):

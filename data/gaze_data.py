@@ -16,7 +16,7 @@ import numpy as np
 from data import mpiigaze, unityeyes
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, split_by_file
-from data.pipelines import labelled_dataset, load_crops, resize_real
+from data.pipelines import labelled_dataset, load_crops
 from data.reports import DataError, report_skipped, summary
 from data.sample_data import write_sample
 from utils import OutputError, save_image
@@ -119,7 +119,8 @@ def _load_synthetic(directory, max_num):
     if report.padded:
         summary(f"Padded the crop of {len(report.padded)} frames whose eye is at the frame edge", report.padded, "[*]")
     if report.remade:
-        summary(f"Remade {len(report.remade)} crops of the wrong size", report.remade, "[*]")
+        summary(f"Remade {len(report.remade)} crops (damaged, of the wrong size, or cut by an earlier version with "
+                f"the 640x480 box from a frame of another size)", report.remade, "[*]")
     if not report.paths:
         found = ", ".join(f"{count} {kind}" for kind, count in report.found.items())
         raise DataError(f"no usable UnityEyes frame in {directory} (found {found or 'nothing'})")
@@ -170,30 +171,30 @@ def write_real_samples(data, sample_dir, seed):
 
 @dataclass
 class EstimationSets:
-    """uint8 images at the input size with their gaze, in memory; batches in [-1, 1] on request."""
-    training: tuple     # (images (N, H, W, C), gaze (N, 3)); None when only evaluating
+    """uint8 images with their gaze, in memory; batches in [-1, 1] at the input size on request."""
+    training: tuple     # (images (N, H, W, C) at the input size, gaze (N, 3)); None when only evaluating
     validation: tuple
-    real: tuple         # every real eye, right eyes mirrored into left eyes
+    real: tuple         # every real eye (N, 36, 60), right eyes mirrored into left eyes
+    input_shape: tuple
     batch_size: int
     right_eyes_mirrored: int
     is_sample: bool     # the bundled sample, not real data
 
     def training_batches(self, seed):
         """Shuffled with seed, repeated, fixed-size batches."""
-        return labelled_dataset(*self.training, self.batch_size, seed)
+        return labelled_dataset(*self.training, self.input_shape, self.batch_size, seed)
 
     def validation_batches(self):
-        return labelled_dataset(*self.validation, self.batch_size)
+        return labelled_dataset(*self.validation, self.input_shape, self.batch_size)
 
     def real_batches(self):
-        return labelled_dataset(*self.real, self.batch_size)
+        return labelled_dataset(*self.real, self.input_shape, self.batch_size)
 
 
 def estimation_sets(data, input_shape, batch_size, refine=None):
     """The estimator's sets; the synthetic ones refined once, in memory, when refine (a refiner) is given."""
-    images, gaze = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)
-    real = (resize_real(images, input_shape), gaze)
-    facts = dict(batch_size=batch_size, right_eyes_mirrored=int(np.sum(data.real_right_eye)), is_sample=data.is_sample)
+    real = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)
+    facts = dict(input_shape=tuple(input_shape), batch_size=batch_size, right_eyes_mirrored=int(np.sum(data.real_right_eye)), is_sample=data.is_sample)
     if data.split is None:
         return EstimationSets(None, None, real, **facts)
     kind = "synthetic" if refine is None else "refined"

@@ -1,5 +1,7 @@
 """tf.data pipelines: crops, real images and labelled images as batches in [-1, 1].
 
+Every image reaches the networks through `to_network_input`, resized as the original resized
+every batch (TF 0.12's `tf.image.resize_images`: bilinear, no antialiasing, no half-pixel centres).
 Training pipelines are shuffled with a seed, repeated and cut into fixed-size batches (one trace of
 each step function); evaluation pipelines keep the order and the last partial batch.
 """
@@ -10,12 +12,31 @@ from tqdm import tqdm
 from utils import denormalize, normalize
 
 
+def resize_as_original(images, size):
+    """(N, H, W, C) float images -> (N, *size, C) as TF 0.12 resized them: bilinear, legacy pixel mapping.
+
+    No antialiasing: the 140x84 crops shrink 2.4x to 55x35 and keep their fine texture (and aliasing),
+    which the refiner then has to deal with, as in the original.
+    """
+    return tf.compat.v1.image.resize_bilinear(images, size, align_corners=False, half_pixel_centers=False)
+
+
+def to_network_input(pixels, input_shape):
+    """uint8 images (N, H, W) or (N, H, W, C) of any size -> float32 (N, *input_shape) in [-1, 1]."""
+    height, width, channels = input_shape
+    images = tf.cast(pixels, tf.float32)
+    if images.shape.rank == 3:
+        images = images[..., None]
+    images = resize_as_original(images, (height, width))
+    if channels == 3 and images.shape[-1] == 1:
+        images = tf.image.grayscale_to_rgb(images)
+    return normalize(images)
+
+
 def _decode_crop(path, input_shape):
     """A crop file -> (H, W, C) float32 in [-1, 1] at the network's input size."""
-    height, width, channels = input_shape
-    image = tf.io.decode_png(tf.io.read_file(path), channels=channels)
-    image = tf.image.resize(image, (height, width), antialias=True)
-    return normalize(image)
+    image = tf.io.decode_png(tf.io.read_file(path), channels=input_shape[-1])
+    return to_network_input(image[None], input_shape)[0]
 
 
 def synthetic_dataset(paths, input_shape, batch_size, seed, training=True):
@@ -35,24 +56,13 @@ def synthetic_dataset(paths, input_shape, batch_size, seed, training=True):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def resize_real(real_images, input_shape, chunk=4096):
-    """(N, 36, 60) uint8 -> (N, H, W, C) uint8 at the network's input size, once, in chunks."""
-    height, width, channels = input_shape
-    resized = np.empty((len(real_images), height, width, channels), np.uint8)
-    for start in range(0, len(real_images), chunk):
-        images = tf.image.resize(real_images[start:start + chunk, :, :, None], (height, width), antialias=True)
-        images = tf.image.grayscale_to_rgb(images) if channels == 3 else images
-        resized[start:start + chunk] = np.clip(np.rint(images.numpy()), 0, 255).astype(np.uint8)
-    return resized
-
-
 def real_dataset(real_images, input_shape, batch_size, seed):
-    """Real images in [-1, 1]: without replacement, reshuffled each epoch, fixed-size batches."""
-    images = tf.constant(resize_real(real_images, input_shape))
+    """Real images (N, 36, 60) uint8 -> batches in [-1, 1]: without replacement, reshuffled each epoch."""
+    images = tf.constant(real_images)
     indices = tf.data.Dataset.range(len(real_images))
     indices = indices.shuffle(len(real_images), seed=seed, reshuffle_each_iteration=True).repeat()
     batches = indices.batch(batch_size, drop_remainder=True)
-    return batches.map(lambda index: normalize(tf.cast(tf.gather(images, index), tf.float32)),
+    return batches.map(lambda index: to_network_input(tf.gather(images, index), input_shape),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -76,8 +86,8 @@ def load_crops(paths, input_shape, batch_size, refine=None, desc="Load synthetic
     return loaded
 
 
-def labelled_dataset(images, gaze, batch_size, seed=None):
-    """(images in [-1, 1], gaze) batches from uint8 images in memory.
+def labelled_dataset(images, gaze, input_shape, batch_size, seed=None):
+    """(images in [-1, 1] at the input size, gaze) batches from uint8 images in memory, of any size.
 
     seed given: shuffled with it, reshuffled each epoch, repeated, fixed-size batches (one trace of
     the training step). seed None: in order, once, the last partial batch included.
@@ -86,5 +96,5 @@ def labelled_dataset(images, gaze, batch_size, seed=None):
     if seed is not None:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.batch(batch_size, drop_remainder=seed is not None)
-    return dataset.map(lambda batch, labels: (normalize(tf.cast(batch, tf.float32)), labels),
+    return dataset.map(lambda batch, labels: (to_network_input(batch, input_shape), labels),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -75,6 +75,7 @@ SKIN_TONES = np.array([[0.96, 0.80, 0.70], [0.90, 0.72, 0.60], [0.82, 0.62, 0.50
 IRIS_TEXTURES = {"eyeball_darkbrown": (0.20, 0.12, 0.07), "eyeball_brown": (0.36, 0.22, 0.12),
                  "eyeball_amber": (0.55, 0.38, 0.16), "eyeball_green": (0.36, 0.46, 0.30),
                  "eyeball_blue": (0.36, 0.50, 0.66), "eyeball_grey": (0.46, 0.49, 0.52)}
+SKIN_TEXTURES = [f"f{i:02d}_color" for i in range(1, 6)] + [f"m{i:02d}_color" for i in range(1, 16)]  # UnityEyes'
 SCLERA = np.float32([0.95, 0.93, 0.91])
 PUPIL = np.float32([0.02, 0.02, 0.02])
 LASHES = np.float32([0.10, 0.07, 0.06])
@@ -415,30 +416,43 @@ def _synthetic_colours(rng):
     return colours, iris_texture
 
 
+def _unity_float(value):
+    """A float as Unity writes it with C#'s default ToString(): 7 significant digits, E-notation below 1e-4."""
+    return format(float(value), ".7G")
+
+
 def _unity_json(rng, eye, look_vec, iris_texture):
-    """The frame's JSON, with every key and number format of real UnityEyes output."""
+    """The frame's JSON in UnityEyes' formats, checked against real UnityEyes files.
+
+    Landmarks, look_vec and head_pose as "(x, y, z)" with 4 decimals; lighting and shape values as
+    C# floats ("0.9527389", "1.683741E-17"); light_rotation with one decimal. The values follow the
+    drawing (look_vec, landmarks) or real files' ranges: pupil_size in [-0.6, 0.6] (a dilation, not a
+    radius), iris_size in [0.9, 1.0], 20 pca_shape_coeffs whose last is about 1e-17.
+    """
     camera_pitch, camera_yaw = rng.uniform(-20.0, 20.0), rng.uniform(-40.0, 40.0)
+    pca = np.append(np.clip(rng.normal(0.0, 0.025, 19), -0.085, 0.085), rng.uniform(5e-18, 2.5e-17))
     details = {
         "interior_margin_2d": _unity_points(eyelid_margin(eye), rng, 9.9),
         "caruncle_2d": _unity_points(caruncle_outline(eye), rng, 10.1),
         "iris_2d": _unity_points(iris_outline(eye), rng, 9.6),
         "eye_details": {
             "look_vec": "({:.4f}, {:.4f}, {:.4f}, 0.0000)".format(*look_vec),
-            "pupil_size": f"{0.1 * eye.pupil_radius / eye.iris_radius:.4f}",
-            "iris_size": f"{eye.iris_radius / (0.2 * eye.width):.4f}",
+            # pupil / iris radius 0.32 .. 0.48 (make_eye_shape) onto real files' -0.6 .. 0.6
+            "pupil_size": _unity_float((eye.pupil_radius / eye.iris_radius - 0.40) / 0.08 * 0.6),
+            "iris_size": _unity_float(0.9 + (eye.iris_radius / eye.width - 0.19) / 0.02 * 0.1),
             "iris_texture": iris_texture,
         },
         "lighting_details": {
-            "skybox_texture": f"cubemaps/{int(rng.integers(1, 33)):02d}",
-            "skybox_exposure": f"{rng.uniform(0.9, 1.2):.4f}",
+            "skybox_texture": "bergen_2k",
+            "skybox_exposure": _unity_float(rng.uniform(0.9, 1.2)),
             "skybox_rotation": str(int(rng.integers(0, 360))),
-            "ambient_intensity": f"{rng.uniform(0.8, 1.0):.4f}",
-            "light_rotation": "({:.4f}, {:.4f}, 0.0000)".format(rng.uniform(20, 60), rng.uniform(150, 210)),
-            "light_intensity": f"{rng.uniform(0.9, 1.2):.4f}",
+            "ambient_intensity": _unity_float(rng.uniform(0.8, 1.2)),
+            "light_rotation": "({:.1f}, {:.1f}, 0.0)".format(rng.uniform(0, 360), rng.uniform(90, 270)),
+            "light_intensity": _unity_float(rng.uniform(0.6, 1.2)),
         },
         "eye_region_details": {
-            "pca_shape_coeffs": [f"{c:.4f}" for c in rng.normal(0.0, 1.0, 10)],
-            "primary_skin_texture": f"m{int(rng.integers(1, 21)):02d}_color",
+            "pca_shape_coeffs": [_unity_float(c) for c in pca],
+            "primary_skin_texture": str(rng.choice(SKIN_TEXTURES)),
         },
         "head_pose": f"({camera_pitch % 360:.4f}, {180 + camera_yaw:.4f}, 0.0000)",
     }

@@ -21,6 +21,12 @@ from utils import default_workers, process_context, save_image
 
 CROP_WIDTH, CROP_HEIGHT = 140, 84
 CROP_SUFFIX = '_cropped.png'
+# The 140x84 box fits UnityEyes' default 640x480 frames. Unity's field of view is vertical, so the
+# eye's size in pixels follows the frame's height: other frames get the box times height / 480.
+REFERENCE_HEIGHT = 480
+# PNG text of a crop cut from a frame of another height, so a crop cut there by the fixed box of
+# earlier versions (no such text) is known to be stale and remade.
+SCALED_BOX_KEY = 'unityeyes_box'
 
 # Why a frame or crop was skipped; the caller prints one line per reason.
 UNREADABLE = 'truncated or unreadable image'
@@ -69,7 +75,7 @@ class CropReport:
     paths: list = field(default_factory=list)      # usable crops, natural order
     skipped: dict = field(default_factory=dict)    # reason -> [file name, ...]
     padded: list = field(default_factory=list)     # frames whose eye box was padded
-    remade: list = field(default_factory=list)     # crops of the wrong size made again
+    remade: list = field(default_factory=list)     # crops made again: damaged, wrong size or stale box
     found: dict = field(default_factory=dict)      # '.jpg' / '.json' / 'crops' / '.png' -> count
 
     def skip(self, reason, name):
@@ -105,15 +111,20 @@ def _read_eye_box(json_path, frame_height):
 
 
 def _crop_box(eye_box, size):
-    """(left, top, right, bottom) of the crop around the eye box's centre; None if the eye is not in the frame."""
+    """(left, top, right, bottom) of the crop around the eye box's centre; None if the eye is not in the frame.
+
+    CROP_WIDTH x CROP_HEIGHT at 480 rows, scaled by the frame's height elsewhere (any aspect ratio).
+    """
     width, height = size
     eye_left, eye_top, eye_right, eye_bottom = eye_box
     if eye_right < 0 or eye_bottom < 0 or eye_left > width or eye_top > height:
         return None  # a crop of padding and frame border, with no eye in it
+    box_width = round(CROP_WIDTH * height / REFERENCE_HEIGHT)
+    box_height = round(CROP_HEIGHT * height / REFERENCE_HEIGHT)
     # Halves first: (a + b) / 2 overflows to inf for coordinates near 1e308.
-    left = math.floor(eye_left / 2 + eye_right / 2) - CROP_WIDTH // 2
-    top = math.floor(eye_top / 2 + eye_bottom / 2) - CROP_HEIGHT // 2
-    right, bottom = left + CROP_WIDTH, top + CROP_HEIGHT
+    left = math.floor(eye_left / 2 + eye_right / 2) - box_width // 2
+    top = math.floor(eye_top / 2 + eye_bottom / 2) - box_height // 2
+    right, bottom = left + box_width, top + box_height
     if right <= 0 or bottom <= 0 or left >= width or top >= height:
         return None  # a huge eye box can put its centre far outside
     return left, top, right, bottom
@@ -132,15 +143,30 @@ def _cut(frame, box):
     return Image.fromarray(np.pad(np.asarray(inside), pad, mode='edge')), True
 
 
-def _crop_is_valid(path):
-    """True if path is a readable PNG of the crop size (header and chunk CRCs only, no decoding)."""
+def _frame_height(jpg_path):
+    """The frame's height from its JPEG header (no decoding); None if it cannot be read."""
+    try:
+        with Image.open(jpg_path) as image:
+            return image.size[1]
+    except Exception:  # a missing or damaged frame: nothing to remake the crop from
+        return None
+
+
+def _crop_is_valid(path, jpg_path):
+    """True if path is a readable PNG of the crop size, cut with the box its frame's height asks for.
+
+    Checks the header and chunk CRCs only, no decoding; a crop without SCALED_BOX_KEY is valid when
+    its frame is 480 rows high (or gone).
+    """
     try:
         with Image.open(path) as image:
-            size = image.size
+            size, scaled = image.size, SCALED_BOX_KEY in image.info
             image.verify()
-        return size == (CROP_WIDTH, CROP_HEIGHT)
     except Exception:  # Pillow raises many types for damaged files
         return False
+    if size != (CROP_WIDTH, CROP_HEIGHT):
+        return False
+    return scaled or _frame_height(jpg_path) in (REFERENCE_HEIGHT, None)
 
 
 def _make_crop(directory, stem):
@@ -162,15 +188,20 @@ def _make_crop(directory, stem):
             crop, padded = _cut(image if image.mode == 'L' else image.convert('L'), box)
         except Exception as e:
             raise _Skip(UNREADABLE, jpg_name) from e
+    text = None
+    if crop.size != (CROP_WIDTH, CROP_HEIGHT):
+        crop = crop.resize((CROP_WIDTH, CROP_HEIGHT), Image.BICUBIC)
+        text = {SCALED_BOX_KEY: f'{",".join(map(str, box))} of a {image.size[0]}x{frame_height} frame'}
     # Written under a hidden temporary name and renamed: a crash never leaves half a crop.
-    save_image(crop, os.path.join(directory, stem + CROP_SUFFIX), compress_level=1)
+    save_image(crop, os.path.join(directory, stem + CROP_SUFFIX), compress_level=1, text=text)
     return padded
 
 
 def process_item(task):
     """Worker: make or check the crop of one stem; returns (stem, skip reason or None, file, padded, remade)."""
     directory, stem, has_jpg, has_json, has_crop = task
-    if has_crop and _crop_is_valid(os.path.join(directory, stem + CROP_SUFFIX)):
+    crop_path, jpg_path = os.path.join(directory, stem + CROP_SUFFIX), os.path.join(directory, stem + '.jpg')
+    if has_crop and _crop_is_valid(crop_path, jpg_path):
         return stem, None, None, False, False
     remade = has_crop
     if not (has_jpg and has_json):

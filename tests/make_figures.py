@@ -23,8 +23,8 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import load_refiner  # noqa: E402
 from config import get_config  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
-from data.pipelines import load_crops, resize_real  # noqa: E402
-from utils import img_tile, run_paths, save_image  # noqa: E402
+from data.pipelines import load_crops, to_network_input  # noqa: E402
+from utils import denormalize, img_tile, run_paths, save_image  # noqa: E402
 
 LOSS_TAGS = ["refiner/realism_loss", "refiner/regularization_loss", "refiner_d_loss_with_history",
              "synthetic_d_loss", "discrim_loss_with_history"]
@@ -93,7 +93,7 @@ def main():
     refiner = load_refiner(checkpoint, shape)
     print(f"[*] Refining with {checkpoint}")
     synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size)
-    real = resize_real(data.real_images, shape)
+    real = denormalize(to_network_input(data.real_images, shape))  # as the discriminator sees them
     os.makedirs(args.out, exist_ok=True)
     save_image(comparison(synthetic, refined, real[np.random.default_rng(0).permutation(len(real))], args.columns),
                os.path.join(args.out, "sample_comparison.png"))

@@ -40,22 +40,38 @@ def test_training_writes_checkpoint_params_and_counters(run):
     assert "model_dir" not in params  # the flags only: derived paths are not flags
 
 
-def test_training_writes_the_original_tensorboard_tags(run):
-    root, _, name, _ = run
-    events = event_accumulator.EventAccumulator(str(root / "logs" / name), size_guidance={"tensors": 0})
+def events_of(model_dir):
+    events = event_accumulator.EventAccumulator(str(model_dir), size_guidance={"tensors": 0})
     events.Reload()
-    tags = set(events.Tags()["tensors"])
-    assert SCALAR_TAGS | {"refiner/regularization_loss", "test_refined_images", "test_synthetic_images"} <= tags
-    # Pre-training logs its own loss; the adversarial phase every log_step of its two iterations.
-    assert [event.step for event in events.Tensors("discrim_loss_with_history")][-1] == 4 + 2 * 2 + 2 + 2 * 1
+    return events
+
+
+def steps_of(events, tag):
+    return [event.step for event in events.Tensors(tag)]
+
+
+def test_training_writes_the_original_tensorboard_tags_on_each_networks_steps(run):
+    root, _, name, _ = run
+    events = events_of(root / "logs" / name)
+    assert SCALAR_TAGS | {"test_refined_images", "test_synthetic_images"} <= set(events.Tags()["tensors"])
+    # As the original: each network's summaries at its own steps that are multiples of log_step (2),
+    # pre-training included: refiner steps 1..4 pre-training then 5..8 (2 iterations of K_g=2), and
+    # discriminator steps 1..2 then 3..4.
+    for tag in ("refiner/realism_loss", "refiner/regularization_loss", "refiner/loss"):
+        expected = [2, 4, 6, 8] if tag != "refiner/realism_loss" else [6, 8]  # no realism in pre-training
+        assert steps_of(events, tag) == expected, tag
+    assert steps_of(events, "test_refined_images") == [2, 4, 6, 8]
+    assert steps_of(events, "test_synthetic_images") == [2]
+    for tag in ("synthetic_d_loss", "refiner_d_loss_with_history", "discrim_loss_with_history"):
+        assert steps_of(events, tag) == [2, 4], tag
     assert all(np.isfinite(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors("refiner/loss"))
 
 
-def test_training_writes_sample_grids_and_real_samples(run):
+def test_training_writes_sample_grids_named_by_refiner_step_and_real_samples(run):
     root, _, name, _ = run
-    grids = sorted(os.listdir(root / "samples" / name), key=lambda file: int(file.split(".")[0]))
-    assert grids and grids[-1] == "12.png"
-    with Image.open(root / "samples" / name / grids[-1]) as grid:
+    assert sorted(os.listdir(root / "samples" / name), key=lambda file: int(file.split(".")[0])) == [
+        "2.png", "4.png", "6.png", "8.png"]
+    with Image.open(root / "samples" / name / "8.png") as grid:
         assert grid.size == (2 * 55 + 3, 2 * 35 + 3)
     assert os.path.exists(root / "samples" / "real_0.png")
 
@@ -67,6 +83,10 @@ def test_resume_continues_the_counters_without_pretraining_again(run):
     assert "Restored" in result.stdout
     assert checkpoint_counters(root / "logs" / name) == (4 + 3 * 2, 2 + 3 * 1, 3)
     assert len(os.listdir(root / "logs")) == 1  # the same run folder, not a new one
+    events = events_of(root / "logs" / name)  # the axes go on: refiner step 10, no discriminator step 6
+    assert steps_of(events, "refiner/loss") == [2, 4, 6, 8, 10]
+    assert steps_of(events, "discrim_loss_with_history") == [2, 4]
+    assert "10.png" in os.listdir(root / "samples" / name)
 
 
 def test_refine_writes_one_image_per_crop(run):

@@ -90,7 +90,7 @@ def test_sigterm_saves_a_checkpoint_at_the_step_where_it_stopped(data_dir, tmp_p
         process = start_training(data_dir, tmp_path, "--max_step=100000", "--checkpoint_secs=3600", "--debug=True",
                                  stderr=stderr)
         printed = []
-        for line in process.stdout:  # --debug prints `[*] step N: ...` after every step, N the checkpoint number
+        for line in process.stdout:  # --debug prints `[*] step N: losses` after every step of each network
             printed.append(line)
             if re.match(r"\[\*\] step \d+: refiner/realism_loss", line):
                 break  # in the adversarial phase
@@ -101,11 +101,13 @@ def test_sigterm_saves_a_checkpoint_at_the_step_where_it_stopped(data_dir, tmp_p
         errors = stderr.read()
     assert process.returncode == 0, errors[-2000:]
     assert "SIGTERM" in stdout and "Traceback" not in errors
-    last_step = int(re.findall(r"^\[\*\] step (\d+):", "".join(printed) + stdout, re.MULTILINE)[-1])
-    assert checkpoint_files(model_dir) == [f"ckpt-{last_step}.index"]
+    output = "".join(printed) + stdout
+    last = {network: int(re.findall(rf"^\[\*\] step (\d+): {tag}", output, re.MULTILINE)[-1])
+            for network, tag in (("refiner", "refiner/"), ("discriminator", "synthetic_d_loss"))}
     refiner_steps, discriminator_steps, iterations = checkpoint_counters(model_dir)
-    assert refiner_steps + discriminator_steps == last_step and iterations >= 1
-    assert consistent(refiner_steps, discriminator_steps, iterations)
+    assert (refiner_steps, discriminator_steps) == (last["refiner"], last["discriminator"])
+    assert checkpoint_files(model_dir) == [f"ckpt-{refiner_steps + discriminator_steps}.index"]
+    assert iterations >= 1 and consistent(refiner_steps, discriminator_steps, iterations)
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
@@ -129,7 +131,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, 
         return restored
 
     trainer.restore = restore_then_poison
-    with pytest.raises(TrainingDiverged, match=r"refiner/\w+ is nan at step 13; the last good checkpoint is .*ckpt-10"):
+    with pytest.raises(TrainingDiverged, match=r"refiner/\w+ is nan at step 7; the last good checkpoint is .*ckpt-10"):
         trainer.train()
     assert tf.train.latest_checkpoint(paths.model_dir) == good
     assert checkpoint_counters(paths.model_dir) == (6, 4, 2)

@@ -8,12 +8,14 @@ import threading
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
 from config import get_config
 from data import download, gaze_data, mpiigaze
 from data.gaze_data import load_gaze_data, write_real_samples
 from data.gaze_labels import read_look_vec
-from data.pipelines import real_dataset, synthetic_dataset
+from data.pipelines import labelled_dataset, real_dataset, synthetic_dataset
 from data.reports import DataError
 from data.sample_data import write_sample
 
@@ -143,6 +145,32 @@ def test_real_batches_are_drawn_without_replacement_each_epoch():
         epoch = np.concatenate([next(batches).numpy(), next(batches).numpy()])
         values = np.rint((epoch[:, 0, 0, 0] + 1) * 127.5).astype(int)
         assert sorted(values) == [i * 30 for i in range(8)]
+
+
+def legacy_resize(uint8_images, size=SHAPE[:2]):
+    """The original's resize, by TensorFlow's own legacy op: bilinear, no antialiasing, no half-pixel centres."""
+    images = tf.constant(np.asarray(uint8_images, np.float32)[..., None])
+    return tf.compat.v1.image.resize_bilinear(images, size, align_corners=False, half_pixel_centers=False).numpy()
+
+
+def test_crops_are_resized_as_the_original(sample_root, tmp_path):
+    paths = load_gaze_data(refining_config(sample_root, tmp_path)).synthetic_paths[:4]
+    images, _ = next(iter(synthetic_dataset(paths, SHAPE, 4, seed=0, training=False)))
+    crops = np.stack([np.asarray(Image.open(path)) for path in paths])  # 84x140 uint8
+    np.testing.assert_allclose(images.numpy(), legacy_resize(crops) / 127.5 - 1, atol=1e-6)
+    antialiased = tf.image.resize(crops[..., None], SHAPE[:2], antialias=True).numpy() / 127.5 - 1
+    assert np.abs(images.numpy() - antialiased).max() > 0.05  # what the port did before: visibly different
+
+
+def test_real_images_are_resized_as_the_original_on_both_paths():
+    real = np.random.default_rng(0).integers(0, 256, (8, 36, 60), dtype=np.uint8)
+    expected = legacy_resize(real) / 127.5 - 1
+    batch = next(iter(real_dataset(real, SHAPE, 8, seed=0))).numpy()  # one epoch: all 8, shuffled
+    matches = [int(np.argmin(np.abs(expected - image).max(axis=(1, 2, 3)))) for image in batch]
+    assert sorted(matches) == list(range(8))
+    np.testing.assert_allclose(batch, expected[matches], atol=1e-6)
+    (evaluated, gaze), = list(labelled_dataset(real, np.zeros((8, 3)), SHAPE, 8))  # the estimator's path
+    np.testing.assert_allclose(evaluated.numpy(), expected, atol=1e-6)
 
 
 # ---- archives ----

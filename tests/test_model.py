@@ -60,10 +60,13 @@ def test_refiner_losses_are_batch_means():
 
 
 def test_discriminator_losses_label_fake_0_and_real_1():
-    fake_logits = tf.constant([[[[10.0, 0.0]]]])  # confident "fake": low loss
-    real_logits = tf.constant([[[[0.0, 0.0]]]])
-    losses = discriminator_losses(fake_logits, real_logits)
-    assert float(losses["refiner_d_loss_with_history"]) == pytest.approx(math.log(1 + math.exp(-10)), abs=1e-6)
-    assert float(losses["synthetic_d_loss"]) == pytest.approx(math.log(2), rel=1e-6)
+    # Two fake images: a fresh one the discriminator calls fake with confidence, a history one it is unsure of.
+    fake_logits = tf.constant([[[[10.0, 0.0]]], [[[0.0, 0.0]]]])
+    real_logits = tf.constant([[[[0.0, 0.0]]], [[[0.0, 10.0]]]])
+    losses = discriminator_losses(fake_logits, real_logits, num_fresh=1)
+    sure, unsure = math.log(1 + math.exp(-10)), math.log(2)
+    # As the original, the history half alone: not the mean over fresh and history.
+    assert float(losses["refiner_d_loss_with_history"]) == pytest.approx(unsure, rel=1e-6)
+    assert float(losses["synthetic_d_loss"]) == pytest.approx((unsure + sure) / 2, rel=1e-6)
     assert float(losses["discrim_loss_with_history"]) == pytest.approx(
-        math.log(2) + math.log(1 + math.exp(-10)), rel=1e-4)
+        ((sure + unsure) + (unsure + sure)) / 2, rel=1e-4)

@@ -2,6 +2,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from data.sample_data import (EYE_WIDTH_SHARE, MARKER_NAME, REAL_HEIGHT, REAL_WI
                               write_sample)
 
 NUM_SYNTHETIC, NUM_REAL, SEED = 40, 30, 7
+REAL_UNITYEYES = Path(__file__).resolve().parents[2] / "shared" / "real" / "unityeyes"
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +166,52 @@ def test_unityeyes_json_has_the_real_keys(sample):
         assert key in info["eye_details"], key
     assert all(len(unityeyes.parse_vector(p)) == 3 for p in info["iris_2d"] + info["caruncle_2d"])
     assert len(look_vec(info)) == 4 and look_vec(info)[3] == 0
+
+
+VECTOR_4DP = r"\(-?\d+\.\d{4}(, -?\d+\.\d{4}){2,3}\)"  # landmarks, look_vec, head_pose
+CSHARP_FLOAT = r"-?\d+(\.\d+)?(E-\d\d)?"  # C#'s float ToString(): 0.9527389, 1.683741E-17, 231
+UNITYEYES_FORMATS = {
+    ("eye_details", "look_vec"): VECTOR_4DP, ("eye_details", "pupil_size"): CSHARP_FLOAT,
+    ("eye_details", "iris_size"): CSHARP_FLOAT, ("eye_details", "iris_texture"): r"eyeball_[a-z_0-9]+",
+    ("lighting_details", "skybox_texture"): r"[a-z]+_\dk", ("lighting_details", "skybox_exposure"): CSHARP_FLOAT,
+    ("lighting_details", "skybox_rotation"): r"\d+", ("lighting_details", "ambient_intensity"): CSHARP_FLOAT,
+    ("lighting_details", "light_rotation"): r"\(\d+\.\d, \d+\.\d, 0\.0\)",
+    ("lighting_details", "light_intensity"): CSHARP_FLOAT,
+    ("eye_region_details", "primary_skin_texture"): r"[fm]\d\d_color",
+}
+
+
+def unityeyes_format_errors(info):
+    """Where a UnityEyes JSON differs from the formats real UnityEyes files have; [] if nowhere."""
+    errors = [key for key, pattern in UNITYEYES_FORMATS.items() if not re.fullmatch(pattern, info[key[0]][key[1]])]
+    errors += [key for key in ("interior_margin_2d", "caruncle_2d", "iris_2d")
+               if not all(re.fullmatch(VECTOR_4DP, point) for point in info[key])]
+    coefficients = info["eye_region_details"]["pca_shape_coeffs"]
+    if len(coefficients) != 20 or not all(re.fullmatch(CSHARP_FLOAT, c) and len(c.lstrip("-").replace(".", "")
+                                          .split("E")[0].lstrip("0")) <= 7 for c in coefficients):
+        errors.append("pca_shape_coeffs")
+    if not re.fullmatch(VECTOR_4DP, info["head_pose"]):
+        errors.append("head_pose")
+    return errors
+
+
+@pytest.mark.skipif(not REAL_UNITYEYES.is_dir(), reason="the real UnityEyes files (../shared/real/unityeyes) are absent")
+def test_the_formats_hold_for_real_unityeyes_files():
+    files = sorted(REAL_UNITYEYES.glob("*/*.json"))
+    assert len(files) == 120
+    for path in files:
+        assert unityeyes_format_errors(json.loads(path.read_text())) == [], path
+
+
+def test_unityeyes_json_has_the_formats_of_real_files(sample):
+    infos = [json.loads(path.read_text()) for path in sorted(sample[1].synthetic_dir.glob("[0-9]*.json"))]
+    for info in infos:
+        assert unityeyes_format_errors(info) == []
+    pupil_sizes = [float(info["eye_details"]["pupil_size"]) for info in infos]
+    assert min(pupil_sizes) < 0 < max(pupil_sizes)  # a dilation in [-0.6, 0.6], as in real files
+    last_coefficients = [float(info["eye_region_details"]["pca_shape_coeffs"][-1]) for info in infos]
+    assert all(0 < value < 1e-16 for value in last_coefficients)
+    assert any("E-" in coefficient for info in infos for coefficient in info["eye_region_details"]["pca_shape_coeffs"])
 
 
 def test_edge_frames_are_padded_not_skipped(tmp_path):
