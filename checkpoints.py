@@ -35,8 +35,10 @@ def restore_checkpoint(checkpoint, path, partial=False):
 class Checkpoints:
     """The checkpoints of one folder: numbered saves, the latest restored, a periodic save when due."""
 
-    def __init__(self, checkpoint, directory, max_to_keep, every_secs=None, name="ckpt", announce=False):
+    def __init__(self, checkpoint, directory, max_to_keep, every_secs=None, name="ckpt", announce=False,
+                 on_save=None):
         self.checkpoint = checkpoint
+        self.on_save = on_save  # called after each save: the exports that go with a checkpoint
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
                                                   checkpoint_name=name)
         self.every_secs = every_secs
@@ -53,6 +55,8 @@ class Checkpoints:
             path = self.manager.save(checkpoint_number=number)
         except (OSError, tf.errors.OpError) as error:
             raise OutputError(f"cannot write a checkpoint in {self.manager.directory}: {error}") from None
+        if self.on_save is not None:
+            self.on_save()
         self.last_save = time.monotonic()
         if self.announce:
             tqdm.write(f"[*] Saved checkpoint {path}")
@@ -71,7 +75,7 @@ class Checkpoints:
         return latest
 
 
-def find_refiner_checkpoint(refiner_path, log_dir):
+def find_refiner_checkpoint(refiner_path, log_dir, flag="refiner_path"):
     """The latest checkpoint of a generative model: a path, a name under log_dir, or that name less `generative_`."""
     tried = list(dict.fromkeys([refiner_path, os.path.join(log_dir, refiner_path),
                                 os.path.join(log_dir, f"generative_{refiner_path}")]))
@@ -79,7 +83,7 @@ def find_refiner_checkpoint(refiner_path, log_dir):
         latest = tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
         if latest:
             return latest
-    raise CheckpointError(f"--refiner_path={refiner_path}: no checkpoint in {', '.join(tried)}; "
+    raise CheckpointError(f"--{flag}={refiner_path}: no checkpoint in {', '.join(tried)}; "
                           f"train a generative model first")
 
 

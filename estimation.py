@@ -12,9 +12,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from checkpoints import CheckpointError, Checkpoints, find_refiner_checkpoint, load_refiner
+from checkpoints import CheckpointError, Checkpoints
 from config import image_shape
 from data.gaze_data import estimation_sets
+from export import load_any_refiner
 from model import MAX_WITHIN_DEGREES, angular_error, build_estimator, euclidean_loss, share_within
 from training_loop import TrainingLoop, make_optimizer, minimize
 from utils import atomic_write, denormalize, img_tile, save_image
@@ -28,9 +29,8 @@ def run_estimation(config, paths, data):
     shape = image_shape(config)
     refiner = None
     if config.is_train and config.refiner_path:
-        checkpoint = find_refiner_checkpoint(config.refiner_path, config.log_dir)
-        refiner = load_refiner(checkpoint, shape)
-        print(f"[*] Training on synthetic crops refined by {checkpoint} (refined once, kept in memory)")
+        refiner, loaded = load_any_refiner(config.refiner_path, config.log_dir, shape, "refiner_path")
+        print(f"[*] Training on synthetic crops refined by {loaded} (refined once, kept in memory)")
     trainer = EstimatorTrainer(config, paths, estimation_sets(data, shape, config.batch_size, refiner))
     return trainer.train() if config.is_train else trainer.evaluate()
 

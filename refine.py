@@ -1,7 +1,8 @@
-"""Test mode: refine every synthetic crop of a folder with a trained refiner (`--is_train=False`).
+"""Test mode: refine every image of a folder with a trained refiner (`--is_train=False`).
 
-Builds the refiner alone and restores it from the run's latest checkpoint: no discriminator,
-optimizers or history buffer.
+The folder holds UnityEyes frames (their crops are refined) or any eye images (PNG or JPEG, colour
+or grey: each is refined as it is). The refiner is a run's (built alone and restored from its latest
+checkpoint: no discriminator, optimizers or history buffer) or an export (`.keras` or SavedModel).
 """
 import collections
 import os
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from checkpoints import CheckpointError, load_refiner
 from config import image_shape
 from data.pipelines import synthetic_dataset
+from export import is_export, load_any_refiner
 from utils import OutputError, denormalize, save_image
 
 
@@ -24,27 +26,36 @@ def refined_name(crop_path):
 
 
 def refine_folder(config, paths, data):
-    """Refine every synthetic crop once, in sorted order, into OUTPUT_DIR/NAME/{i}_refined.png.
+    """Refine every image once, in sorted order, into OUTPUT_DIR/NAME/{i}_refined.png ({stem}_refined.png).
 
     Images already refined (a run interrupted earlier) are left as they are and not refined again.
     """
     if os.path.realpath(paths.output_dir) == os.path.realpath(data.synthetic_dir):
         raise OutputError(f"--output_dir would write into the input folder {paths.output_dir}")
-    latest = tf.train.latest_checkpoint(paths.model_dir)
-    if latest is None:
-        raise CheckpointError(f"no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
     shape = image_shape(config)
-    refiner = load_refiner(latest, shape)
-    tqdm.write(f"[*] Restored the refiner of {latest}")
+    refine = _load(config, paths, shape)
     targets = {path: os.path.join(paths.output_dir, refined_name(path)) for path in data.synthetic_paths}
     remaining = [path for path, target in targets.items() if not os.path.exists(target)]
     if len(remaining) < len(targets):
         print(f"[*] {len(targets) - len(remaining)} images already refined in {paths.output_dir}; refining the rest")
     # Any batch size, one trace: the last batch is smaller than the rest.
-    refine = tf.function(lambda images: refiner(images, training=False),
-                         input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    refine = tf.function(refine, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
     batches = synthetic_dataset(remaining, shape, config.batch_size, 0, training=False)
     _write_refined(batches, refine, targets, -(-len(remaining) // config.batch_size), config.batch_size)
+
+
+def _load(config, paths, shape):
+    """refine(images) of the export at --load_path, or of the latest checkpoint of the run's folder."""
+    if is_export(config.load_path):
+        refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path")
+        tqdm.write(f"[*] Loaded the refiner {loaded}")
+        return refine
+    latest = tf.train.latest_checkpoint(paths.model_dir)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
+    refiner = load_refiner(latest, shape)
+    tqdm.write(f"[*] Restored the refiner of {latest}")
+    return lambda images: refiner(images, training=False)
 
 
 def _write_refined(batches, refine, targets, total, batch_size):

@@ -13,6 +13,7 @@ from checkpoints import Checkpoints
 from config import image_shape
 from data.history_buffer import HistoryBuffer
 from data.pipelines import real_dataset, synthetic_dataset
+from export import export_refiner
 from model import build_discriminator, build_refiner, discriminator_losses, refiner_losses, self_regularization
 from training_loop import TrainingLoop, make_optimizer, minimize
 from utils import denormalize, img_tile, save_image
@@ -49,8 +50,8 @@ class Trainer:
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
             refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer,
             history_buffer=self.history_buffer)
-        self.checkpoints = Checkpoints(checkpoint, paths.model_dir, max_to_keep=3,
-                                       every_secs=config.checkpoint_secs, announce=True)
+        self.checkpoints = Checkpoints(checkpoint, paths.model_dir, max_to_keep=3, every_secs=config.checkpoint_secs,
+                                       announce=True, on_save=lambda: export_refiner(self.refiner, paths.model_dir))
         # XLA on CPUs runs convolutions inside a loop body very slowly (minutes per step): one pass there.
         self.micro_batches = 1 if config.jit_compile else micro_batches(config.batch_size)
         compile_ = dict(jit_compile=config.jit_compile)

@@ -6,6 +6,7 @@ other module of ours, so the data package's worker processes can import it.
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -35,9 +36,16 @@ class RunPaths:
 
 
 def model_name(config):
-    """`{task}_{load_path}` when resuming (load_path may be a path), else `{task}_{timestamp}`."""
+    """`{task}_{load_path}` when resuming (load_path may be a path), else `{task}_{timestamp}`.
+
+    An exported refiner (a `.keras` file or a SavedModel folder) is named after itself, or after its
+    run's folder when it has the name a run gives it (`refiner.keras`, `refiner_saved_model`).
+    """
     if config.load_path:
-        name = Path(config.load_path.rstrip("/\\")).name
+        path = Path(config.load_path.rstrip("/\\"))
+        name = path.name
+        if name.endswith(".keras") or (path / "saved_model.pb").is_file():
+            name = path.parent.name if path.stem in ("refiner", "refiner_saved_model") else path.stem
         return name if name.startswith(config.task) else f"{config.task}_{name}"
     return f"{config.task}_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
 
@@ -72,24 +80,30 @@ def save_params(config, paths):
 
 # ---- files ----
 
-def atomic_write(path, write):
+def atomic_write(path, write, to_path=False):
     """Call write(binary handle) on a hidden temporary file beside path, then rename it to path.
 
-    A crash or a full disk never leaves a half-written file under the final name. The temporary
-    name starts with a dot, so folder scans that skip hidden files never take it for data.
+    to_path: write(temporary path) instead, for writers that need a name (a Keras file, a SavedModel
+    folder); a folder replaces the previous one by two renames, so a crash in between leaves the
+    previous folder complete under a hidden name, never a half-written one. A crash or a full disk
+    never leaves a half-written output under the final name. Temporary names start with a dot, so
+    folder scans that skip hidden files never take them for data.
     """
     folder = os.path.dirname(os.path.abspath(path))
     # Named before it exists, so a signal that ends the process right after the file is created
     # (a pool's terminate) still finds the name to clean up; mkstemp would not have returned it yet.
     temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:12]}{os.path.splitext(path)[1]}")
     try:
-        try:
-            handle = open(temporary, "xb")
-        except OSError as error:
-            raise OutputError(f"cannot write in {folder}: {error.strerror}") from None
-        with handle:
-            write(handle)
-        os.replace(temporary, path)
+        if to_path:
+            write(temporary)
+        else:
+            try:
+                handle = open(temporary, "xb")
+            except OSError as error:
+                raise OutputError(f"cannot write in {folder}: {error.strerror}") from None
+            with handle:
+                write(handle)
+        _replace(temporary, path)
     except OutputError:
         _remove_quietly(temporary)
         raise
@@ -101,7 +115,21 @@ def atomic_write(path, write):
         raise
 
 
+def _replace(temporary, path):
+    """Rename temporary to path; an existing folder is moved aside first and removed after."""
+    if not (os.path.isdir(temporary) and os.path.isdir(path)):
+        os.replace(temporary, path)
+        return
+    previous = f"{temporary}.previous"
+    os.replace(path, previous)
+    os.replace(temporary, path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def _remove_quietly(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
     try:
         os.remove(path)
     except OSError:

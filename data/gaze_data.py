@@ -16,6 +16,7 @@ import numpy as np
 from data import mpiigaze, unityeyes
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, split_by_file
+from data.image_folder import is_image, is_plain_image_folder, readable_images
 from data.pipelines import labelled_dataset, load_crops
 from data.reports import DataError, report_skipped, summary
 from data.sample_data import write_sample
@@ -52,12 +53,16 @@ class GazeData:
 def load_gaze_data(config, download=True):
     """Find (or make) what this task and mode use; print what was left out."""
     gaze_dir = os.path.join(config.data_dir, "gaze")
-    synthetic_dir = _find_synthetic_dir(config, gaze_dir)
+    refining = not config.is_train and config.task == "generative"
+    synthetic_dir = _find_synthetic_dir(config, gaze_dir, refining)
     is_sample = synthetic_dir is None
     if is_sample:
         gaze_dir = str(SAMPLE_GAZE_DIR)
         synthetic_dir = _prepare_sample(gaze_dir, config)
-    synthetic_paths = _load_synthetic(synthetic_dir, config.max_synthetic_num)
+    if refining and is_plain_image_folder(synthetic_dir):
+        synthetic_paths = _load_plain_images(synthetic_dir)
+    else:
+        synthetic_paths = _load_synthetic(synthetic_dir, config.max_synthetic_num)
     real = (np.zeros((0, *mpiigaze.IMAGE_SHAPE), np.uint8), np.zeros((0, 3), np.float32), np.zeros(0, bool))
     if config.is_train or config.task == "estimation":
         real_dir = os.path.join(gaze_dir, "MPIIGaze" if is_sample else config.real_image_dir)
@@ -81,17 +86,21 @@ def _uses_default_folders(config):
     return all(getattr(config, flag) == value for flag, value in DEFAULT_FOLDERS.items())
 
 
-def _has_frames(directory):
-    """True if directory holds a UnityEyes frame or crop (stops at the first one)."""
+def _has_frames(directory, any_image):
+    """True if directory holds a UnityEyes frame or crop, or any_image and any image (stops at the first)."""
     with os.scandir(directory) as entries:
-        return any(entry.name.endswith((".jpg", unityeyes.CROP_SUFFIX)) for entry in entries)
+        return any(entry.name.endswith((".jpg", unityeyes.CROP_SUFFIX)) or (any_image and is_image(entry.name))
+                   for entry in entries)
 
 
-def _find_synthetic_dir(config, gaze_dir):
-    """The UnityEyes folder: as given, then under DATA_DIR/gaze; None means use the bundled sample."""
+def _find_synthetic_dir(config, gaze_dir, any_image):
+    """The UnityEyes folder (for test mode, any folder of images): as given, then under DATA_DIR/gaze.
+
+    None means use the bundled sample.
+    """
     tried = [config.synthetic_image_dir, os.path.join(gaze_dir, config.synthetic_image_dir)]
     for candidate in dict.fromkeys(tried):  # dict: ordered and without duplicates
-        if os.path.isdir(candidate) and _has_frames(candidate):
+        if os.path.isdir(candidate) and _has_frames(candidate, any_image):
             return candidate
     if _uses_default_folders(config):
         return None
@@ -125,6 +134,16 @@ def _load_synthetic(directory, max_num):
         found = ", ".join(f"{count} {kind}" for kind, count in report.found.items())
         raise DataError(f"no usable UnityEyes frame in {directory} (found {found or 'nothing'})")
     return report.paths
+
+
+def _load_plain_images(directory):
+    """Test mode on a folder of eye images without UnityEyes JSON: every image that decodes."""
+    paths, skipped = readable_images(directory)
+    report_skipped(skipped, directory)
+    if not paths:
+        raise DataError(f"no readable image in {directory}")
+    print(f"[*] Refining {len(paths)} eye images of {directory} (no UnityEyes JSON: each image as it is)")
+    return paths
 
 
 def _load_real(gaze_dir, real_dir, download):

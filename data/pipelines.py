@@ -18,7 +18,8 @@ def resize_as_original(images, size):
     No antialiasing: the 140x84 crops shrink 2.4x to 55x35 and keep their fine texture (and aliasing),
     which the refiner then has to deal with, as in the original.
     """
-    return tf.compat.v1.image.resize_bilinear(images, size, align_corners=False, half_pixel_centers=False)
+    # The op behind tf.compat.v1.image.resize_bilinear, without its deprecation notice on every run.
+    return tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=False, half_pixel_centers=False)
 
 
 def to_network_input(pixels, input_shape):
@@ -34,8 +35,8 @@ def to_network_input(pixels, input_shape):
 
 
 def _decode_crop(path, input_shape):
-    """A crop file -> (H, W, C) float32 in [-1, 1] at the network's input size."""
-    image = tf.io.decode_png(tf.io.read_file(path), channels=input_shape[-1])
+    """A crop (or any PNG or JPEG, colour or grey) -> (H, W, C) float32 in [-1, 1] at the network's input size."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=input_shape[-1], expand_animations=False)
     return to_network_input(image[None], input_shape)[0]
 
 
@@ -69,14 +70,14 @@ def real_dataset(real_images, input_shape, batch_size, seed):
 def load_crops(paths, input_shape, batch_size, refine=None, desc="Load synthetic images"):
     """Every crop once, in order, as uint8 (N, H, W, C) at the network's input size; refined first if refine.
 
-    refine (a Keras model of [-1, 1] batches, the refiner) runs inside the tf.data pipeline, batch by
+    refine (a callable on [-1, 1] batches: the refiner) runs inside the tf.data pipeline, batch by
     batch. The result is quantised as test mode's PNGs are, so training on it equals training on
     refined images written to disk, without the disk.
     """
     dataset = synthetic_dataset(paths, input_shape, batch_size, 0, training=False)
     if refine is not None:
         def refine_batch(images, names):
-            return refine(images, training=False), names
+            return refine(images), names
         dataset = dataset.map(refine_batch)
     loaded = np.empty((len(paths), *input_shape), np.uint8)
     start = 0

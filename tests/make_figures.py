@@ -1,17 +1,18 @@
 """The README's pictures and domain statistics from a trained run (a script; pytest does not collect it).
 
+    pip install matplotlib   # for the loss curves only; not in requirements.txt
     python tests/make_figures.py --load_path=NAME [--log_dir=logs] [--data_dir=data] [--out=assets]
 
 Writes OUT/sample_comparison.png (rows: synthetic, refined, real) and OUT/sample_losses.png (the
-TensorBoard scalars), and prints how far refined images moved toward the real ones on three image
-statistics: brightness, contrast and high-frequency energy (sensor noise and texture).
+TensorBoard scalars of each network against its own steps), and prints how far refined images moved
+toward the real ones on three image statistics: brightness, contrast and high-frequency energy.
 """
 import argparse
 import os
 import sys
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -26,8 +27,8 @@ from data.gaze_data import load_gaze_data  # noqa: E402
 from data.pipelines import load_crops, to_network_input  # noqa: E402
 from utils import denormalize, img_tile, run_paths, save_image  # noqa: E402
 
-LOSS_TAGS = ["refiner/realism_loss", "refiner/regularization_loss", "refiner_d_loss_with_history",
-             "synthetic_d_loss", "discrim_loss_with_history"]
+LOSS_PANELS = {"refiner step": ["refiner/realism_loss", "refiner/regularization_loss", "refiner/loss"],
+               "discriminator step": ["synthetic_d_loss", "refiner_d_loss_with_history", "discrim_loss_with_history"]}
 
 
 def statistics(images):
@@ -51,26 +52,28 @@ def comparison(synthetic, refined, real, columns, scale=3):
     return np.asarray(Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST))
 
 
-def loss_panels(model_dir, width=360, height=150):
-    """One small line plot per scalar tag, stacked; drawn with Pillow to keep dependencies down."""
+def plot_losses(model_dir, path):
+    """The scalars as TensorBoard holds them: the refiner's against refiner steps, the discriminator's against its own."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
     events = event_accumulator.EventAccumulator(model_dir, size_guidance={"tensors": 0})
     events.Reload()
-    tags = [tag for tag in LOSS_TAGS if tag in events.Tags()["tensors"]]
-    canvas = Image.new("L", (width, height * len(tags)), 255)
-    draw = ImageDraw.Draw(canvas)
-    for row, tag in enumerate(tags):
-        steps = np.array([event.step for event in events.Tensors(tag)], float)
-        values = np.array([float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)])
-        top, left, plot_w, plot_h = row * height + 20, 50, width - 60, height - 40
-        low, high = values.min(), values.max() + 1e-9
-        xs = left + (steps - steps.min()) / max(np.ptp(steps), 1) * plot_w
-        ys = top + plot_h - (values - low) / (high - low) * plot_h
-        draw.rectangle([left, top, left + plot_w, top + plot_h], outline=160)
-        draw.line(list(zip(xs, ys)), fill=0, width=1)
-        draw.text((left, top - 14), f"{tag}  ({values[-1]:.3g} at step {int(steps[-1])})", fill=0)
-        draw.text((2, top), f"{high:.3g}", fill=80)
-        draw.text((2, top + plot_h - 10), f"{low:.3g}", fill=80)
-    return np.asarray(canvas)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for axis, (x_label, tags) in zip(axes, LOSS_PANELS.items()):
+        for tag in tags:
+            if tag in events.Tags()["tensors"]:
+                steps = [event.step for event in events.Tensors(tag)]
+                values = [float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)]
+                axis.plot(steps, values, label=tag, linewidth=1.2)
+        axis.set_xlabel(x_label)
+        axis.set_ylabel("loss (sum over patches, batch mean)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0].set_title("refiner")
+    axes[1].set_title("discriminator")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main():
@@ -97,7 +100,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     save_image(comparison(synthetic, refined, real[np.random.default_rng(0).permutation(len(real))], args.columns),
                os.path.join(args.out, "sample_comparison.png"))
-    save_image(loss_panels(paths.model_dir), os.path.join(args.out, "sample_losses.png"))
+    plot_losses(paths.model_dir, os.path.join(args.out, "sample_losses.png"))
     table = {name: statistics(images) for name, images in
              (("synthetic", synthetic), ("refined", refined), ("real", real))}
     print(f"{'':10}" + "".join(f"{key:>16}" for key in table["real"]))

@@ -2,12 +2,14 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from checkpoints import load_refiner
 from conftest import checkpoint_counters, folder_flags, run_main
 from data.sample_data import write_sample
 
@@ -99,6 +101,35 @@ def test_refine_writes_one_image_per_crop(run):
     assert sorted(file.replace("_cropped", "_refined") for file in crops) == outputs
     with Image.open(root / "outputs" / name / outputs[0]) as image:
         assert image.size == (55, 35) and image.mode == "L"
+
+
+def test_training_leaves_both_exports_with_the_refiners_numbers(run):
+    root, _, name, _ = run
+    model_dir = root / "logs" / name
+    refiner = load_refiner(tf.train.latest_checkpoint(str(model_dir)), (35, 55, 1))
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 35, 55, 1)).astype(np.float32)
+    exported = keras.models.load_model(model_dir / "refiner.keras")
+    np.testing.assert_allclose(exported(images).numpy(), refiner(images).numpy().astype(np.float32), atol=0.05)
+    assert (model_dir / "refiner_saved_model" / "saved_model.pb").is_file()
+
+
+def test_refine_a_folder_of_any_eye_images_with_the_keras_file(run, tmp_path):
+    root, folders, name, _ = run
+    rng = np.random.default_rng(0)
+    inputs = {"eye one.png": (36, 60, 3), "Eye (2).JPG": (50, 80), "3.jpeg": (84, 140), "grey eye.png": (35, 55)}
+    for file_name, shape in inputs.items():
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
+            tmp_path / file_name, format="JPEG" if file_name.lower().endswith(("jpg", "jpeg")) else "PNG")
+    (tmp_path / "broken.png").write_bytes((tmp_path / "eye one.png").read_bytes()[:80])
+    result = run_main(*folders, "--is_train=False", f"--load_path={root / 'logs' / name / 'refiner.keras'}",
+                      f"--synthetic_image_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", "--batch_size=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipped 1 files" in result.stdout and "broken.png" in result.stdout
+    outputs = sorted(os.listdir(tmp_path / "out" / name))  # named after the run that exported the file
+    assert outputs == sorted(f"{os.path.splitext(file_name)[0]}_refined.png" for file_name in inputs)
+    for output in outputs:
+        with Image.open(tmp_path / "out" / name / output) as image:
+            assert image.size == (55, 35) and image.mode == "L"
 
 
 def test_refine_without_a_checkpoint_is_one_clear_error(run):

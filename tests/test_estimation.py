@@ -157,7 +157,7 @@ def test_estimation_sets_hold_the_split_the_mirrored_real_eyes_and_the_refined_c
     split = data.split
     assert len(split.training_paths) == 18 and len(split.validation_paths) == 6
     assert not set(split.training_paths) & set(split.validation_paths)
-    sets = estimation_sets(data, (35, 55, 1), 4, refine=lambda images, training: images * 0 + REFINED_VALUE)
+    sets = estimation_sets(data, (35, 55, 1), 4, refine=lambda images: images * 0 + REFINED_VALUE)
     assert sets.training[0].shape == (18, 35, 55, 1) and sets.validation[0].shape == (6, 35, 55, 1)
     assert np.all(sets.training[0] == np.rint((REFINED_VALUE + 1) * 127.5))  # refined, quantised as a PNG
     np.testing.assert_array_equal(sets.training[1], split.training_gaze)

@@ -1,0 +1,100 @@
+"""The trained refiner outside this program: a Keras 3 file and a SavedModel, and loading either back.
+
+Written beside each checkpoint of a run, LOG_DIR/NAME/refiner.keras opens with
+`keras.models.load_model` in a plain Python (standard layers only, float32 whatever precision
+trained it) and LOG_DIR/NAME/refiner_saved_model/ serves `serving_default`: float32 images
+(N, height, width, channels) in [-1, 1] in, the refined images out, for TensorFlow Serving,
+`saved_model_cli` or a TFLite converter.
+"""
+import os
+import zipfile
+
+import keras
+import tensorflow as tf
+
+from checkpoints import CheckpointError, find_refiner_checkpoint, load_refiner
+from model import build_refiner
+from utils import atomic_write
+
+KERAS_FILE = "refiner.keras"
+SAVED_MODEL_DIR = "refiner_saved_model"
+SIGNATURE_INPUT, SIGNATURE_OUTPUT = "images", "refined"
+
+
+def float32_refiner(refiner):
+    """A copy of refiner whose layers compute in float32 (its weights are float32 in every policy)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_refiner(refiner.input_shape[1:])
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(refiner.get_weights())
+    return copy
+
+
+def export_refiner(refiner, model_dir):
+    """Write MODEL_DIR/refiner.keras and MODEL_DIR/refiner_saved_model/, each atomically."""
+    refiner = float32_refiner(refiner)
+    atomic_write(os.path.join(model_dir, KERAS_FILE), refiner.save, to_path=True)
+    atomic_write(os.path.join(model_dir, SAVED_MODEL_DIR), lambda path: _save_serving(refiner, path), to_path=True)
+
+
+def _save_serving(refiner, path):
+    module = tf.Module()
+    module.refiner = refiner
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *refiner.input_shape[1:]), tf.float32, SIGNATURE_INPUT)])
+    def serve(images):
+        return {SIGNATURE_OUTPUT: refiner(images, training=False)}
+
+    module.serve = serve
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+
+
+class ServingRefiner:
+    """A SavedModel's serving_default as refine(images); it holds the loaded object, so its variables live."""
+
+    def __init__(self, path):
+        self.loaded = tf.saved_model.load(path)
+        self.signature = self.loaded.signatures["serving_default"]
+        self.input_shape = tuple(self.signature.structured_input_signature[1][SIGNATURE_INPUT].shape[1:])
+
+    def __call__(self, images):
+        return self.signature(**{SIGNATURE_INPUT: images})[SIGNATURE_OUTPUT]
+
+
+def is_export(path):
+    """True if path names a .keras file or a SavedModel folder rather than a run."""
+    return str(path).endswith(".keras") or os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def load_any_refiner(source, log_dir, image_shape, flag):
+    """A refiner callable refine(images) -> refined images, from a .keras file, a SavedModel or a run.
+
+    source: a .keras file, a SavedModel folder, or a generative run (name under log_dir or path);
+    CheckpointError (one line, naming --flag) when it cannot be loaded. Returns (refine, what was loaded).
+    """
+    if not is_export(source):
+        checkpoint = find_refiner_checkpoint(source, log_dir, flag)
+        refiner = load_refiner(checkpoint, image_shape)
+        return (lambda images: refiner(images, training=False)), checkpoint
+    if not os.path.exists(source):
+        raise CheckpointError(f"--{flag}={source}: no such file")
+    if str(source).endswith(".keras") and not zipfile.is_zipfile(source):
+        raise CheckpointError(f"--{flag}={source}: not a whole .keras file (truncated or damaged)")
+    try:
+        if str(source).endswith(".keras"):
+            refiner = keras.models.load_model(source, compile=False)
+            serve = lambda images: refiner(images, training=False)  # noqa: E731
+            shape = tuple(refiner.input_shape[1:])
+        else:
+            serve = ServingRefiner(source)
+            shape = serve.input_shape
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, tf.errors.OpError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"--{flag}={source}: cannot load the refiner ({message[:200]})") from None
+    if shape != tuple(image_shape):
+        raise CheckpointError(f"--{flag}={source}: the refiner takes {shape} images, the flags ask for "
+                              f"{tuple(image_shape)} (--input_height, --input_width, --input_channel)")
+    return serve, source
