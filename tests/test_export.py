@@ -8,9 +8,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import export
 from checkpoints import CheckpointError
+from data.pipelines import load_crops
 from export import KERAS_FILE, SAVED_MODEL_DIR, export_refiner, load_any_refiner
 from model import build_refiner
 from utils import OutputError
@@ -108,3 +110,18 @@ def test_a_failed_export_keeps_the_previous_one_whole(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == [KERAS_FILE, SAVED_MODEL_DIR]  # no temporary left behind
     refine, _ = load_any_refiner(str(tmp_path / SAVED_MODEL_DIR), "logs", SHAPE, "load_path")
     np.testing.assert_allclose(np.asarray(refine(tf.constant(inputs()))), first(inputs()).numpy(), atol=1e-6)
+
+
+def test_a_saved_model_refines_inside_the_estimators_pipeline(tmp_path):
+    # --refiner_path refines the estimator's crops inside tf.data: a loaded SavedModel must work there too.
+    paths = []
+    for index in range(5):
+        paths.append(str(tmp_path / f"{index}_cropped.png"))
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (84, 140), dtype=np.uint8)).save(paths[-1])
+    refiner = build_refiner(SHAPE)
+    export_refiner(refiner, tmp_path)
+    refine, _ = load_any_refiner(str(tmp_path / SAVED_MODEL_DIR), "logs", SHAPE, "refiner_path")
+    through_export = load_crops(paths, SHAPE, 2, refine)
+    direct = load_crops(paths, SHAPE, 2, lambda images: refiner(images, training=False))
+    assert through_export.shape == (5, *SHAPE)
+    assert np.abs(through_export.astype(int) - direct.astype(int)).max() <= 1  # quantised to uint8 alike
