@@ -3,6 +3,8 @@
 TensorFlow writes a checkpoint's index last, so a crash mid-write keeps the previous one the latest.
 """
 import os
+import shutil
+import tempfile
 import time
 
 import tensorflow as tf
@@ -36,10 +38,15 @@ class Checkpoints:
     """The checkpoints of one folder: numbered saves, the latest restored, a periodic save when due."""
 
     def __init__(self, checkpoint, directory, max_to_keep, every_secs=None, name="ckpt", announce=False,
-                 on_save=None):
+                 on_save=None, chief=True):
+        """chief False (another worker of a cluster): saves go to a temporary folder, removed by close(),
+        since every worker must save for the collective operations to stay in step, but only the chief's
+        checkpoint is the run's; restores still read the run's folder."""
         self.checkpoint = checkpoint
         self.on_save = on_save  # called after each save: the exports that go with a checkpoint
-        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
+        self.run_dir = directory
+        save_dir = directory if chief else tempfile.mkdtemp(prefix=".simgan-worker-")
+        self.manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=max_to_keep,
                                                   checkpoint_name=name)
         self.every_secs = every_secs
         self.announce = announce
@@ -47,7 +54,13 @@ class Checkpoints:
 
     @property
     def latest(self):
-        return self.manager.latest_checkpoint
+        """The run's latest checkpoint (the chief's, on another worker)."""
+        return tf.train.latest_checkpoint(self.run_dir)
+
+    def close(self):
+        """Remove another worker's temporary checkpoints."""
+        if self.manager.directory != self.run_dir:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
 
     def save(self, number):
         """Write checkpoint `number`; OutputError (one line) if the disk refuses."""

@@ -102,6 +102,11 @@ def _build_parser():
     misc.add_argument("--mixed_precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                       help="auto: bf16 on a CPU with native bfloat16 (AMX or AVX512-BF16, about 4x faster), "
                            "else fp32; fp16 (with loss scaling) is for GPUs")
+    misc.add_argument("--distribution", default="auto", choices=["auto", "none", "mirrored", "multi_worker"],
+                      help="auto: MirroredStrategy over all GPUs when there are two or more, else none; mirrored: "
+                           "over the GPUs (or --cpu_replicas CPUs); multi_worker: the cluster of TF_CONFIG")
+    misc.add_argument("--cpu_replicas", type=int, default=1,
+                      help="split the CPU into this many logical devices (to try --distribution=mirrored without GPUs)")
     misc.add_argument("--jit_compile", type=str2bool, default=False,
                       help="compile the step functions with XLA (measured 2x slower on CPU; try it on a GPU)")
     misc.add_argument("--max_image_summary", type=int, default=7, help="images per TensorBoard image summary")
@@ -126,7 +131,7 @@ def check_config(config):
             raise ConfigError(f"--{flag}={getattr(config, flag)}: {message}")
 
     for flag in ("input_height", "input_width", "input_channel", "batch_size", "buffer_size",
-                 "log_step", "checkpoint_secs", "max_image_summary", "num_epochs"):
+                 "log_step", "checkpoint_secs", "max_image_summary", "num_epochs", "cpu_replicas"):
         require(getattr(config, flag) > 0, flag, "must be positive")
     for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d"):
         require(getattr(config, flag) >= 0, flag, "must not be negative")
@@ -156,6 +161,17 @@ def check_config(config):
         for flag in ("input_height", "input_width"):
             require(getattr(config, flag) >= MIN_ESTIMATOR_INPUT, flag,
                     f"the estimator's unpadded convolutions need at least {MIN_ESTIMATOR_INPUT}")
+
+
+def check_config_against_replicas(config, replicas):
+    """--batch_size is the global batch: every replica takes an equal share (and, training the GAN, an even one)."""
+    if replicas == 1 or (not config.is_train and config.task == "generative"):
+        return
+    share = 2 * replicas if config.task == "generative" else replicas
+    if config.batch_size % share:
+        why = (f"each of the {replicas} replicas needs an even share (half refined, half history)"
+               if config.task == "generative" else f"the {replicas} replicas need equal shares")
+        raise ConfigError(f"--batch_size={config.batch_size}: {why}; use a multiple of {share}")
 
 
 def check_config_against_data(config, data):

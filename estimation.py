@@ -5,6 +5,7 @@ Train the gaze estimator on synthetic crops, or on crops refined by a trained re
 training and validation; the validation error decides when to stop and which weights to keep
 (MODEL_DIR/best). The real images are only ever evaluated.
 """
+import functools
 import json
 import os
 
@@ -16,7 +17,8 @@ from checkpoints import CheckpointError, Checkpoints
 from config import image_shape
 from data.gaze_data import estimation_sets
 from export import load_any_refiner
-from model import MAX_WITHIN_DEGREES, angular_error, build_estimator, euclidean_loss, share_within
+from distribution import distribute, is_chief, run_on_replicas
+from model import MAX_WITHIN_DEGREES, angular_error, batch_mean, build_estimator, euclidean_loss, share_within
 from training_loop import TrainingLoop, make_optimizer, minimize
 from utils import atomic_write, denormalize, img_tile, save_image
 
@@ -24,26 +26,29 @@ EARLY_STOPPING_PATIENCE = 3  # epochs without a lower validation error before tr
 EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
 
 
-def run_estimation(config, paths, data):
+def run_estimation(config, paths, data, strategy=None):
     """Train the estimator (on refined crops with --refiner_path) and evaluate it, or only evaluate it."""
     shape = image_shape(config)
     refiner = None
     if config.is_train and config.refiner_path:
         refiner, loaded = load_any_refiner(config.refiner_path, config.log_dir, shape, "refiner_path")
         print(f"[*] Training on synthetic crops refined by {loaded} (refined once, kept in memory)")
-    trainer = EstimatorTrainer(config, paths, estimation_sets(data, shape, config.batch_size, refiner))
+    trainer = EstimatorTrainer(config, paths, estimation_sets(data, shape, config.batch_size, refiner), strategy)
     return trainer.train() if config.is_train else trainer.evaluate()
 
 
 class EstimatorTrainer:
     """Owns the estimator, its optimizer, the early-stopping state and both checkpoint folders."""
 
-    def __init__(self, config, paths, sets):
+    def __init__(self, config, paths, sets, strategy=None):
         self.config, self.paths, self.sets = config, paths, sets
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = is_chief(self.strategy)
         shape = image_shape(config)
-        self.estimator = build_estimator(shape)
-        self.optimizer = make_optimizer(config)
-        self.optimizer.build(self.estimator.trainable_variables)
+        with self.strategy.scope():
+            self.estimator = build_estimator(shape)
+            self.optimizer = make_optimizer(config, self.strategy.num_replicas_in_sync)
+            self.optimizer.build(self.estimator.trainable_variables)
         # Epochs and the early-stopping state live in the checkpoint, so a resumed run stops where it would have.
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_error = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_validation_error")
@@ -55,21 +60,28 @@ class EstimatorTrainer:
         training_state = tf.train.Checkpoint(estimator=self.estimator, optimizer=self.optimizer, epoch=self.epoch,
                                              stale_epochs=self.stale_epochs, **progress)
         self.checkpoints = Checkpoints(training_state, paths.model_dir, max_to_keep=1,
-                                       every_secs=config.checkpoint_secs)
+                                       every_secs=config.checkpoint_secs, chief=self.chief)
         self.best = Checkpoints(tf.train.Checkpoint(estimator=self.estimator, **progress),
-                                os.path.join(paths.model_dir, "best"), max_to_keep=1, name="estimator")
-        self.train_step = tf.function(self._train_step, jit_compile=config.jit_compile)
+                                os.path.join(paths.model_dir, "best"), max_to_keep=1, name="estimator", chief=self.chief)
+        replica_step = tf.function(self._train_step, jit_compile=config.jit_compile)
+        self.compiled_step = tf.function(functools.partial(run_on_replicas, self.strategy, replica_step))
         # Any batch size, one trace: evaluation's last batch is smaller than the rest.
         self.predict = tf.function(lambda images: self.estimator(images, training=False),
                                    input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
 
-    def _train_step(self, images, gaze):
-        """One Adam step on the Euclidean loss; returns the loss and the batch's mean angular error."""
+    def train_step(self, images, gaze):
+        """One step on a global batch: {"estimator/loss", "estimator/angular_error"} over that batch."""
+        return self.compiled_step(distribute(self.strategy, (images, gaze)))
+
+    def _train_step(self, batch):
+        """Per replica: one Adam step on the Euclidean loss; the loss and mean angular error, shares of the batch's."""
+        images, gaze = batch
         with tf.GradientTape() as tape:
             predicted = self.estimator(images, training=True)
-            loss = euclidean_loss(predicted, gaze)
+            loss = euclidean_loss(predicted, gaze, self.config.batch_size)
         minimize(self.optimizer, tape, loss, self.estimator.trainable_variables)
-        return loss, tf.reduce_mean(angular_error(predicted, gaze))
+        error = batch_mean(tf.cast(angular_error(predicted, gaze), tf.float32), self.config.batch_size)
+        return {"estimator/loss": loss, "estimator/angular_error": error}
 
     # ---- training ----
 
@@ -77,43 +89,46 @@ class EstimatorTrainer:
         """Train until the validation error stops improving (or --num_epochs), then evaluate the best weights."""
         self._restore()
         if self._epochs_left():
-            self.summary_writer = tf.summary.create_file_writer(self.paths.model_dir)
+            self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
+                                   else tf.summary.create_noop_writer())
             with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints) as loop:
                 finished = self._train_epochs(loop)
-            self.checkpoints.save(int(self.optimizer.iterations))
+            self.checkpoints.save(int(self.optimizer.iterations.numpy()))
+            self.checkpoints.close()
+            self.best.close()
             if not finished:
                 print(f"[*] Stopped; resume with --load_path={self.paths.model_name}")
                 return None
-        return self.evaluate()
+        return self.evaluate() if self.chief else None  # the chief evaluates the run's best weights
 
     def _epochs_left(self):
-        return int(self.epoch) < self.config.num_epochs and int(self.stale_epochs) < EARLY_STOPPING_PATIENCE
+        return int(self.epoch.numpy()) < self.config.num_epochs and int(self.stale_epochs.numpy()) < EARLY_STOPPING_PATIENCE
 
     def _train_epochs(self, loop):
         """Epochs until the cap or the patience runs out; False when a stop was requested."""
         steps_per_epoch = len(self.sets.training[0]) // self.config.batch_size
-        seed = self.config.random_seed + int(self.optimizer.iterations)  # a resumed run sees fresh batches
+        seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
         batches = iter(self.sets.training_batches(seed))
         while self._epochs_left():
             if not self._train_epoch(batches, steps_per_epoch, loop):
                 return False
             self._end_epoch()
-        if int(self.stale_epochs) >= EARLY_STOPPING_PATIENCE:
+        if int(self.stale_epochs.numpy()) >= EARLY_STOPPING_PATIENCE:
             print(f"[*] Validation error has not improved for {EARLY_STOPPING_PATIENCE} epochs: stopping")
         return True
 
     def _train_epoch(self, batches, steps_per_epoch, loop):
         """One pass over the training split (resumed mid-epoch where the checkpoint left it)."""
-        epoch = int(self.epoch)
-        done = min(max(int(self.optimizer.iterations) - epoch * steps_per_epoch, 0), steps_per_epoch)
+        epoch = int(self.epoch.numpy())
+        done = min(max(int(self.optimizer.iterations.numpy()) - epoch * steps_per_epoch, 0), steps_per_epoch)
         for _ in tqdm(range(done, steps_per_epoch), desc=f"Train estimator, epoch {epoch + 1}",
                       initial=done, total=steps_per_epoch):
             images, gaze = next(batches)
-            if int(self.optimizer.iterations) == 0:
+            if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
                 self._write_training_images(images)
-            loss, error = self.train_step(images, gaze)
-            step = int(self.optimizer.iterations)
-            loop.log({"estimator/loss": loss, "estimator/angular_error": error}, step)
+            losses = self.train_step(images, gaze)
+            step = int(self.optimizer.iterations.numpy())
+            loop.log(losses, step)
             if not loop.resumable(step):
                 return False
         return True
@@ -122,10 +137,10 @@ class EstimatorTrainer:
         """Validate; keep the weights if they are the best so far; count the epochs since."""
         error = float(np.mean(self._errors(self.sets.validation_batches())))
         self.epoch.assign_add(1)
-        epoch, step = int(self.epoch), int(self.optimizer.iterations)
+        epoch, step = int(self.epoch.numpy()), int(self.optimizer.iterations.numpy())
         tf.summary.scalar("validation/angular_error", error, step=step)
         self.summary_writer.flush()
-        if error < float(self.best_error):
+        if error < float(self.best_error.numpy()):
             self.best_error.assign(error)
             self.best_epoch.assign(epoch)
             self.best_step.assign(step)
@@ -134,7 +149,7 @@ class EstimatorTrainer:
         else:
             self.stale_epochs.assign_add(1)
         tqdm.write(f"[*] Epoch {epoch}/{self.config.num_epochs}: validation error {error:.2f} degrees "
-                   f"(best {float(self.best_error):.2f}, epoch {int(self.best_epoch)})")
+                   f"(best {float(self.best_error.numpy()):.2f}, epoch {int(self.best_epoch.numpy())})")
         self.checkpoints.save(step)
 
     def _write_training_images(self, images):
@@ -152,8 +167,8 @@ class EstimatorTrainer:
         """Resume the training state of the run folder, if it has one."""
         latest = self.checkpoints.restore_latest()
         if latest is not None:
-            tqdm.write(f"[*] Restored {latest}: epoch {int(self.epoch)}, step {int(self.optimizer.iterations)}, "
-                       f"best validation error {float(self.best_error):.2f} (epoch {int(self.best_epoch)})")
+            tqdm.write(f"[*] Restored {latest}: epoch {int(self.epoch.numpy())}, step {int(self.optimizer.iterations.numpy())}, "
+                       f"best validation error {float(self.best_error.numpy()):.2f} (epoch {int(self.best_epoch.numpy())})")
 
     # ---- evaluation on the real images ----
 
@@ -169,8 +184,8 @@ class EstimatorTrainer:
         results = {
             "model": self.paths.model_name, "checkpoint": checkpoint,
             "trained_on": "refined" if refiner_path else "synthetic", "refiner_path": refiner_path,
-            "best_epoch": int(self.best_epoch), "best_step": int(self.best_step),
-            "validation_angular_error": float(self.best_error),
+            "best_epoch": int(self.best_epoch.numpy()), "best_step": int(self.best_step.numpy()),
+            "validation_angular_error": float(self.best_error.numpy()),
             "real_images": len(errors), "right_eyes_mirrored": self.sets.right_eyes_mirrored,
             "is_sample": bool(self.sets.is_sample),
             "mean_angular_error": float(np.mean(errors)), "median_angular_error": float(np.median(errors)),
@@ -185,7 +200,7 @@ class EstimatorTrainer:
         return results
 
     def _write_evaluation_summaries(self, results, within, table):
-        step = int(self.best_step)  # the step of the weights evaluated, in training and evaluation mode alike
+        step = int(self.best_step.numpy())  # the step of the weights evaluated, in training and evaluation mode alike
         with tf.summary.create_file_writer(self.paths.model_dir).as_default() as writer:
             tf.summary.scalar("real/angular_error", results["mean_angular_error"], step=step)
             tf.summary.scalar("real/within_7_degrees", within[7], step=step)

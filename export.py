@@ -35,21 +35,29 @@ def float32_refiner(refiner):
 
 def export_refiner(refiner, model_dir):
     """Write MODEL_DIR/refiner.keras and MODEL_DIR/refiner_saved_model/, each atomically."""
-    refiner = float32_refiner(refiner)
-    atomic_write(os.path.join(model_dir, KERAS_FILE), refiner.save, to_path=True)
-    atomic_write(os.path.join(model_dir, SAVED_MODEL_DIR), lambda path: _save_serving(refiner, path), to_path=True)
+    RefinerExporter(refiner, model_dir)()
 
 
-def _save_serving(refiner, path):
-    module = tf.Module()
-    module.refiner = refiner
+class RefinerExporter:
+    """Writes the exports of one refiner, again at each call; the float32 copy and its serving function
+    are built (and traced) once, so a checkpoint's exports cost about a second, not several."""
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *refiner.input_shape[1:]), tf.float32, SIGNATURE_INPUT)])
-    def serve(images):
-        return {SIGNATURE_OUTPUT: refiner(images, training=False)}
+    def __init__(self, refiner, model_dir):
+        self.refiner, self.model_dir = refiner, model_dir
+        self.copy = float32_refiner(refiner)
+        self.module = tf.Module()
+        self.module.refiner = self.copy
+        spec = tf.TensorSpec((None, *self.copy.input_shape[1:]), tf.float32, SIGNATURE_INPUT)
+        self.module.serve = tf.function(lambda images: {SIGNATURE_OUTPUT: self.copy(images, training=False)},
+                                        input_signature=[spec])
 
-    module.serve = serve
-    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+    def __call__(self):
+        self.copy.set_weights(self.refiner.get_weights())
+        atomic_write(os.path.join(self.model_dir, KERAS_FILE), self.copy.save, to_path=True)
+        atomic_write(os.path.join(self.model_dir, SAVED_MODEL_DIR), self._save_serving, to_path=True)
+
+    def _save_serving(self, path):
+        tf.saved_model.save(self.module, path, signatures={"serving_default": self.module.serve})
 
 
 class ServingRefiner:

@@ -45,27 +45,32 @@ def self_regularization(refined, synthetic, reg_scale):
     return reg_scale * tf.reduce_sum(tf.abs(difference), axis=[1, 2, 3])
 
 
-def refiner_losses(refined_logits, refined, synthetic, reg_scale):
-    """The refiner's realism, regularization and total loss, each a batch mean."""
+def batch_mean(per_image, global_batch_size):
+    """sum / global batch size: on one replica the batch mean; on several, each replica's share of it."""
+    return tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
+
+
+def refiner_losses(refined_logits, refined, synthetic, reg_scale, global_batch_size):
+    """The refiner's realism, regularization and total loss, each a (share of the) global batch mean."""
     realism = patch_cross_entropy(refined_logits, REAL_LABEL)
     regularization = self_regularization(refined, synthetic, reg_scale)
     return {
-        "realism_loss": tf.reduce_mean(realism),
-        "regularization_loss": tf.reduce_mean(regularization),
-        "loss": tf.reduce_mean(realism + regularization),
+        "realism_loss": batch_mean(realism, global_batch_size),
+        "regularization_loss": batch_mean(regularization, global_batch_size),
+        "loss": batch_mean(realism + regularization, global_batch_size),
     }
 
 
-def discriminator_losses(fake_logits, real_logits, num_fresh):
-    """Fake (num_fresh fresh, then history) should score fake, real should score real; batch means."""
+def discriminator_losses(fake_logits, real_logits, num_fresh, global_batch_size):
+    """Fake (num_fresh fresh, then history) should score fake, real should score real; (shares of) batch means."""
     fake = patch_cross_entropy(fake_logits, FAKE_LABEL)
     real = patch_cross_entropy(real_logits, REAL_LABEL)
     return {
         # The original names the real images' loss `synthetic_d_loss`; the tag is kept.
-        "synthetic_d_loss": tf.reduce_mean(real),
+        "synthetic_d_loss": batch_mean(real, global_batch_size),
         # As the original: the loss on the history half alone.
-        "refiner_d_loss_with_history": tf.reduce_mean(fake[num_fresh:]),
-        "discrim_loss_with_history": tf.reduce_mean(fake + real),
+        "refiner_d_loss_with_history": batch_mean(fake[num_fresh:], global_batch_size // 2),
+        "discrim_loss_with_history": batch_mean(fake + real, global_batch_size),
     }
 
 
@@ -104,10 +109,10 @@ def build_estimator(input_shape):
     return keras.Model(images, gaze, name="estimator")
 
 
-def euclidean_loss(predicted, gaze):
-    """Caffe's EuclideanLoss, the paper's: sum of squared differences over 2 * batch."""
+def euclidean_loss(predicted, gaze, global_batch_size=None):
+    """Caffe's EuclideanLoss, the paper's: sum of squared differences over 2 * batch (the global batch)."""
     difference = tf.cast(predicted, tf.float32) - tf.cast(gaze, tf.float32)
-    return 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(difference), axis=-1))
+    return batch_mean(0.5 * tf.reduce_sum(tf.square(difference), axis=-1), global_batch_size)
 
 
 def angular_error(predicted, gaze):

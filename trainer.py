@@ -4,6 +4,7 @@ Read top to bottom: construction, the three step functions (pure arithmetic, one
 each), the training schedule that calls them, then summaries and checkpoints. Refining a folder
 with a trained refiner is refine.py; the gaze estimator is estimation.py.
 """
+import functools
 import os
 
 import tensorflow as tf
@@ -13,9 +14,11 @@ from checkpoints import Checkpoints
 from config import image_shape
 from data.history_buffer import HistoryBuffer
 from data.pipelines import real_dataset, synthetic_dataset
-from export import export_refiner
-from model import build_discriminator, build_refiner, discriminator_losses, refiner_losses, self_regularization
-from training_loop import TrainingLoop, make_optimizer, minimize
+from export import RefinerExporter
+from distribution import distribute, is_chief, run_on_replicas
+from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
+                   self_regularization)
+from training_loop import TrainingLoop, apply_gradients, make_optimizer, minimize
 from utils import denormalize, img_tile, save_image
 
 MICRO_BATCH = 32  # refiner images whose activations are alive at once (tests/benchmark.py: no slower than whole batches)
@@ -30,19 +33,25 @@ def micro_batches(batch_size):
 class Trainer:
     """Builds SimGAN and runs its schedule: refiner warm-up, discriminator warm-up, K_g:K_d alternation."""
 
-    def __init__(self, config, paths, data):
+    def __init__(self, config, paths, data, strategy=None):
         self.config = config
         self.paths = paths
         self.data = data
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = is_chief(self.strategy)
+        replicas = self.strategy.num_replicas_in_sync
         self.image_shape = image_shape(config)
-        self.refiner = build_refiner(self.image_shape)
-        self.discriminator = build_discriminator(self.image_shape)
-        self.refiner_optimizer = make_optimizer(config)
-        self.discriminator_optimizer = make_optimizer(config)
-        # Optimizer slots must exist before a restore can fill them.
-        self.refiner_optimizer.build(self.refiner.trainable_variables)
-        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adversarial_step")
+        with self.strategy.scope():  # the networks and optimizers live on every replica
+            self.refiner = build_refiner(self.image_shape)
+            self.discriminator = build_discriminator(self.image_shape)
+            self.refiner_optimizer = make_optimizer(config, replicas)
+            self.discriminator_optimizer = make_optimizer(config, replicas)
+            # Optimizer slots must exist before a restore can fill them.
+            self.refiner_optimizer.build(self.refiner.trainable_variables)
+            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adversarial_step")
+        # One logical history for all replicas, as the original's: it takes whole refined batches and
+        # hands each discriminator step half a batch, shared out like the other inputs.
         self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size,
                                             config.random_seed)
         # The optimizers' `iterations` are the two step counters. These names are the checkpoint's keys.
@@ -50,25 +59,43 @@ class Trainer:
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
             refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer,
             history_buffer=self.history_buffer)
+        export = self._export if self.chief else None
         self.checkpoints = Checkpoints(checkpoint, paths.model_dir, max_to_keep=3, every_secs=config.checkpoint_secs,
-                                       announce=True, on_save=lambda: export_refiner(self.refiner, paths.model_dir))
+                                       announce=self.chief, on_save=export, chief=self.chief)
         # XLA on CPUs runs convolutions inside a loop body very slowly (minutes per step): one pass there.
-        self.micro_batches = 1 if config.jit_compile else micro_batches(config.batch_size)
-        compile_ = dict(jit_compile=config.jit_compile)
-        self.pretrain_refiner_step = tf.function(self._pretrain_refiner_step, **compile_)
-        self.refiner_step = tf.function(self._refiner_step, **compile_)
-        self.discriminator_step = tf.function(self._discriminator_step, **compile_)
+        self.replica_batch = config.batch_size // replicas
+        self.micro_batches = 1 if config.jit_compile else micro_batches(self.replica_batch)
+        # Each step: a per-replica body (arithmetic only, XLA-compiled with --jit_compile) run on every replica.
+        self.replica_steps = {name: tf.function(body, jit_compile=config.jit_compile) for name, body in (
+            ("pretrain_refiner", self._pretrain_refiner_step), ("refiner", self._refiner_step),
+            ("discriminator", self._discriminator_step))}
+        self.compiled_steps = {name: tf.function(functools.partial(run_on_replicas, self.strategy, body))
+                               for name, body in self.replica_steps.items()}
         # Any batch size, one trace: the sample grid's images need not be a training batch.
         self.refine = tf.function(lambda images: self.refiner(images, training=False),
                                   input_signature=[tf.TensorSpec((None, *self.image_shape), tf.float32)])
 
-    # ---- step functions: arithmetic only; the loop does summaries and I/O ----
+    def pretrain_refiner_step(self, synthetic):
+        """(losses, refined) of one warm-up step on a global batch."""
+        return self.compiled_steps["pretrain_refiner"](distribute(self.strategy, synthetic))
+
+    def refiner_step(self, synthetic):
+        """(losses, refined) of one adversarial refiner step on a global batch."""
+        return self.compiled_steps["refiner"](distribute(self.strategy, synthetic))
+
+    def discriminator_step(self, synthetic, history, real):
+        """The losses of one discriminator step: global batches of synthetic, history (half) and real images."""
+        fresh = synthetic[: self.config.batch_size // 2]  # the global batch's first half, shared out, is refined
+        return self.compiled_steps["discriminator"](*(distribute(self.strategy, batch)
+                                                      for batch in (fresh, history, real)))
+
+    # ---- step functions, per replica: arithmetic only; the loop does summaries and I/O ----
 
     def _pretrain_refiner_step(self, synthetic):
         """The paper's warm-up: the refiner learns the identity under self-regularization only."""
         def losses(chunk):
             refined = self.refiner(chunk, training=True)
-            loss = tf.reduce_mean(self_regularization(refined, chunk, self.config.reg_scale))
+            loss = batch_mean(self_regularization(refined, chunk, self.config.reg_scale), self.config.batch_size)
             return {"regularization_loss": loss, "loss": loss}, refined
 
         return self._update_refiner(synthetic, losses, ("regularization_loss", "loss"))
@@ -78,15 +105,17 @@ class Trainer:
         def losses(chunk):
             refined = self.refiner(chunk, training=True)
             refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2)
-            return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale), refined
+            return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale,
+                                  self.config.batch_size), refined
 
         return self._update_refiner(synthetic, losses, ("realism_loss", "regularization_loss", "loss"))
 
     def _update_refiner(self, synthetic, chunk_losses, names):
         """One refiner step with its gradients summed over equal micro-batches, one after another.
 
-        The losses are batch means, so this is the update of one pass over the whole batch, but only
-        one micro-batch's activations are alive at a time: at batch 512, 1.1 GB less in fp32.
+        The losses are sums over the global batch size, so this is the update of one pass over the
+        whole batch, but only one micro-batch's activations are alive at a time: at batch 512, 1.1 GB
+        less in fp32.
         """
         chunks, variables = self.micro_batches, self.refiner.trainable_variables
         if chunks == 1:
@@ -94,29 +123,28 @@ class Trainer:
                 losses, refined = chunk_losses(synthetic)
             minimize(self.refiner_optimizer, tape, losses["loss"], variables)
             return losses, refined
-        size = self.config.batch_size // chunks
+        size = self.replica_batch // chunks
         gradients = [tf.zeros_like(variable) for variable in variables]
         totals = {name: tf.constant(0.0) for name in names}
         refined = tf.TensorArray(self.refiner.compute_dtype, size=chunks)
         for index in tf.range(chunks):  # a tf.while_loop: its iterations run in order
             with tf.GradientTape() as tape:
                 losses, chunk_refined = chunk_losses(synthetic[index * size:(index + 1) * size])
-                scaled_loss = self.refiner_optimizer.scale_loss(losses["loss"] / chunks)
+                scaled_loss = self.refiner_optimizer.scale_loss(losses["loss"])
             chunk_gradients = tape.gradient(scaled_loss, variables)
             gradients = [total + gradient for total, gradient in zip(gradients, chunk_gradients)]
-            totals = {name: totals[name] + losses[name] / chunks for name in names}
+            totals = {name: totals[name] + losses[name] for name in names}
             refined = refined.write(index, chunk_refined)
-        self.refiner_optimizer.apply_gradients(zip(gradients, variables))
+        apply_gradients(self.refiner_optimizer, gradients, variables)
         return totals, refined.concat()
 
     def _discriminator_step(self, synthetic, history, real):
-        """Tell real images from refined ones: half a batch fresh, half from the history buffer."""
-        half = self.config.batch_size // 2
-        fresh = self.refiner(synthetic[:half], training=False)
+        """Tell real images from refined ones: synthetic (half a batch) refined now, half from the history buffer."""
+        fresh = self.refiner(synthetic, training=False)
         fake = tf.concat([tf.cast(fresh, history.dtype), history], axis=0)  # bf16/fp16 refiner, fp32 history
         with tf.GradientTape() as tape:
-            losses = discriminator_losses(self.discriminator(fake, training=True),
-                                          self.discriminator(real, training=True), num_fresh=half)
+            losses = discriminator_losses(self.discriminator(fake, training=True), self.discriminator(real, training=True),
+                                          tf.shape(fresh)[0], self.config.batch_size)
         minimize(self.discriminator_optimizer, tape, losses["discrim_loss_with_history"],
                  self.discriminator.trainable_variables)
         return losses
@@ -126,7 +154,7 @@ class Trainer:
     @property
     def global_step(self):
         """Optimizer steps of both networks together: the checkpoints' numbers."""
-        return int(self.refiner_optimizer.iterations) + int(self.discriminator_optimizer.iterations)
+        return int(self.refiner_optimizer.iterations.numpy()) + int(self.discriminator_optimizer.iterations.numpy())
 
     def train(self):
         """Pre-train the refiner, then the discriminator, then alternate; resumable at any point."""
@@ -136,16 +164,18 @@ class Trainer:
         self.synthetic_batches = iter(synthetic_dataset(self.data.synthetic_paths, shape, batch, seed))
         self.real_batches = iter(real_dataset(self.data.real_images, shape, batch, seed))
         self.test_images = self._load_test_images()
-        self.summary_writer = tf.summary.create_file_writer(self.paths.model_dir)
+        self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
+                               else tf.summary.create_noop_writer())
         with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints) as self.loop:
             for phase in (self._train_refiner, self._train_discriminator, self._train_both):
                 if not phase():
                     break
         self.checkpoints.save(self.global_step)
+        self.checkpoints.close()
 
     def _train_refiner(self):
         """`initial_K_g` refiner steps on self-regularization; the last 10% fill the history buffer."""
-        total, done = self.config.initial_K_g, int(self.refiner_optimizer.iterations)
+        total, done = self.config.initial_K_g, int(self.refiner_optimizer.iterations.numpy())
         fill_from = total - max(1, total // 10)
         for step in tqdm(range(done, total), desc="Train refiner", initial=done, total=total):
             losses, refined = self.pretrain_refiner_step(next(self.synthetic_batches))
@@ -158,7 +188,7 @@ class Trainer:
 
     def _train_discriminator(self):
         """`initial_K_d` discriminator steps against the warmed-up refiner."""
-        total, done = self.config.initial_K_d, int(self.discriminator_optimizer.iterations)
+        total, done = self.config.initial_K_d, int(self.discriminator_optimizer.iterations.numpy())
         if done < total:
             self._ensure_history()
         for _ in tqdm(range(done, total), desc="Train discrim", initial=done, total=total):
@@ -172,7 +202,7 @@ class Trainer:
 
         A run stops or checkpoints only between whole iterations, so a resumed run repeats none.
         """
-        total, done = self.config.max_step, int(self.step)
+        total, done = self.config.max_step, int(self.step.numpy())
         if done < total:
             self._ensure_history()
         for _ in tqdm(range(done, total), desc="Train both", initial=done, total=total):
@@ -191,12 +221,12 @@ class Trainer:
         """One discriminator step on fresh, history and real images, logged on the discriminator's counter."""
         history = self.history_buffer.sample()
         losses = self.discriminator_step(next(self.synthetic_batches), history, next(self.real_batches))
-        self.loop.log(losses, int(self.discriminator_optimizer.iterations))
+        self.loop.log(losses, int(self.discriminator_optimizer.iterations.numpy()))
 
     def _log_refiner(self, losses):
         """The refiner's scalars, test images and sample grid, on the refiner's counter (the original's axes)."""
         self.loop.log({f"refiner/{name}": value for name, value in losses.items()},
-                      int(self.refiner_optimizer.iterations), self._write_samples)
+                      int(self.refiner_optimizer.iterations.numpy()), self._write_samples if self.chief else None)
 
     def _ensure_history(self):
         """With no refiner warm-up the buffer is empty; seed it with one refined batch."""
@@ -227,10 +257,16 @@ class Trainer:
         rows, cols = self.config.sample_image_grid
         save_image(img_tile(refined, rows, cols), os.path.join(self.paths.sample_dir, f"{refiner_step}.png"))
 
+    def _export(self):
+        """The refiner alone, beside each checkpoint (export.py); the exporter is built at the first save."""
+        if not hasattr(self, "exporter"):
+            self.exporter = RefinerExporter(self.refiner, self.paths.model_dir)
+        self.exporter()
+
     def restore(self):
         """Resume from the latest checkpoint of the run folder, if it has one."""
         latest = self.checkpoints.restore_latest()
         if latest is not None:
-            tqdm.write(f"[*] Restored {latest}: refiner step {int(self.refiner_optimizer.iterations)}, "
-                       f"discriminator step {int(self.discriminator_optimizer.iterations)}, iteration {int(self.step)}")
+            tqdm.write(f"[*] Restored {latest}: refiner step {int(self.refiner_optimizer.iterations.numpy())}, "
+                       f"discriminator step {int(self.discriminator_optimizer.iterations.numpy())}, iteration {int(self.step.numpy())}")
         return latest

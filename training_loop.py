@@ -17,15 +17,19 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint stays the latest."""
 
 
-def make_optimizer(config):
-    """Adam (epsilon 1e-8, TF1's default) or SGD; clipnorm clips each gradient tensor on its own.
+def make_optimizer(config, replicas=1):
+    """Adam (epsilon 1e-8, TF1's default) or SGD; each gradient tensor is clipped to --max_grad_norm.
 
-    Under float16 the loss is scaled so small gradients do not flush to zero (bfloat16 needs no scaling).
+    Keras clips each replica's gradient before it sums them; `apply_gradients` hands every replica
+    1/replicas of the summed gradient instead, so a clipnorm of max_grad_norm / replicas clips the
+    sum as one device would. Under float16 the loss is scaled so small gradients do not flush to zero
+    (bfloat16 needs no scaling).
     """
+    clipnorm = config.max_grad_norm / replicas
     if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(config.learning_rate, clipnorm=config.max_grad_norm)
+        optimizer = keras.optimizers.SGD(config.learning_rate, clipnorm=clipnorm)
     else:
-        optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8, clipnorm=config.max_grad_norm)
+        optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8, clipnorm=clipnorm)
     if keras.mixed_precision.global_policy().compute_dtype == "float16":
         return keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
@@ -35,7 +39,15 @@ def minimize(optimizer, tape, loss, variables):
     """One optimizer step on loss; the loss scale (identity unless float16) is undone by apply_gradients."""
     with tape:  # the scaling must be on the tape too
         scaled_loss = optimizer.scale_loss(loss)
-    gradients = tape.gradient(scaled_loss, variables)
+    apply_gradients(optimizer, tape.gradient(scaled_loss, variables), variables)
+
+
+def apply_gradients(optimizer, gradients, variables):
+    """Apply one step's gradients; on several replicas, each applies its share of their sum (see make_optimizer)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradients = [gradient / replicas for gradient in summed]
     optimizer.apply_gradients(zip(gradients, variables))
 
 

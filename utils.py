@@ -59,9 +59,11 @@ def run_paths(config):
     return RunPaths(name, model_dir, os.path.join(config.sample_dir, name), os.path.join(config.output_dir, name))
 
 
-def make_run_folders(config, paths):
-    """Create the folders this mode writes to: training both, refining the output, evaluating none."""
-    if config.is_train:
+def make_run_folders(config, paths, chief=True):
+    """Create the folders this mode writes to: training both (only the chief of a cluster), refining the output."""
+    if config.is_train and not chief:
+        folders = ()
+    elif config.is_train:
         folders = (paths.model_dir, paths.sample_dir)
     else:
         folders = (paths.output_dir,) if config.task == "generative" else ()

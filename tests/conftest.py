@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -38,6 +39,19 @@ def run_main(*flags, timeout=240):
     """`python main.py FLAGS` as a user runs it; the finished process, stdout and stderr as text."""
     return subprocess.run([sys.executable, "main.py", *flags], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def main_in_process(capsys, *flags):
+    """`main.main(FLAGS)` in this process, without TensorFlow's start-up: exit status, stdout, stderr.
+
+    For modes that neither set up devices nor change Keras' precision policy for later tests: test mode,
+    evaluation and the errors before training (fp32 is passed so `auto` never picks bfloat16).
+    """
+    import main  # here: importing it imports TensorFlow
+    capsys.readouterr()
+    status = main.main([*flags, "--mixed_precision=fp32"])
+    output = capsys.readouterr()
+    return types.SimpleNamespace(returncode=status, stdout=output.out, stderr=output.err)
 
 
 def checkpoint_values(model_dir):

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import config as config_module
 import main
-from conftest import folder_flags, run_main
+from conftest import folder_flags, main_in_process, run_main
 from config import ConfigError, check_config, get_config
 from data import mpiigaze
 from data.gaze_data import estimation_sets, load_gaze_data
@@ -217,10 +217,11 @@ def test_training_writes_tensorboard_summaries_and_the_training_images(trained):
         assert np.asarray(grid)[1:36, 1:56].std() > 10  # raw synthetic eyes, not a flat image
 
 
-def test_evaluation_mode_measures_the_saved_estimator_again(trained):
+def test_evaluation_mode_measures_the_saved_estimator_again(trained, capsys):
     root, name, _ = trained
     before = json.loads((root / "logs" / name / "evaluation.json").read_text())
-    result = run_in(root, "--task=estimation", "--is_train=False", f"--load_path={name}", "--batch_size=7")
+    result = main_in_process(capsys, *flags_for(root), "--task=estimation", "--is_train=False", f"--load_path={name}",
+                             "--batch_size=7")
     assert result.returncode == 0, result.stderr[-3000:]
     after = json.loads((root / "logs" / name / "evaluation.json").read_text())
     assert after["mean_angular_error"] == pytest.approx(before["mean_angular_error"], abs=1e-4)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 import refine as refine_module
-from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, run_main
+from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, main_in_process, run_main
 from config import get_config
 from data.gaze_data import load_gaze_data
 from data.sample_data import write_sample
@@ -188,39 +188,41 @@ def test_no_eval_or_exec_in_the_program():
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """A run trained for one iteration; its folders."""
+    """A run trained for one iteration, in this process (test mode is what is tested here); its root folder."""
     root = tmp_path_factory.mktemp("trained")
-    result = run_main(*folder_flags(data_dir, root), *SCHEDULE, "--max_step=1", "--load_path=run")
-    assert result.returncode == 0, result.stderr[-2000:]
+    config = get_config([*folder_flags(data_dir, root), *SCHEDULE, "--max_step=1", "--load_path=run"])
+    paths = run_paths(config)
+    make_run_folders(config, paths)
+    Trainer(config, paths, load_gaze_data(config)).train()
     return root
 
 
-def refine(data_dir, root, *flags):
-    return run_main(*folder_flags(data_dir, root), "--is_train=False", "--load_path=run", *flags)
+def refine(capsys, data_dir, root, *flags):
+    return main_in_process(capsys, *folder_flags(data_dir, root), "--is_train=False", "--load_path=run", *flags)
 
 
-def test_refining_again_after_an_interruption_finishes_only_the_rest(data_dir, trained):
-    assert refine(data_dir, trained).returncode == 0
+def test_refining_again_after_an_interruption_finishes_only_the_rest(data_dir, trained, capsys):
+    assert refine(capsys, data_dir, trained).returncode == 0
     outputs = trained / "outputs" / "generative_run"
     files = sorted(os.listdir(outputs))
     assert len(files) == 16
     kept = {name: os.stat(outputs / name).st_mtime_ns for name in files[5:]}
     for name in files[:5]:
         os.remove(outputs / name)  # as if the first run had been killed
-    result = refine(data_dir, trained)
+    result = refine(capsys, data_dir, trained)
     assert result.returncode == 0 and "11 images already refined" in result.stdout
     assert sorted(os.listdir(outputs)) == files
     assert {name: os.stat(outputs / name).st_mtime_ns for name in files[5:]} == kept
 
 
-def test_refining_never_writes_into_the_input_folder(data_dir, trained):
+def test_refining_never_writes_into_the_input_folder(data_dir, trained, capsys):
     inputs = trained / "outputs" / "generative_run"
     before = sorted(os.listdir(inputs))
-    result = refine(data_dir, trained, f"--synthetic_image_dir={data_dir / 'gaze' / 'UnityEyes'}",
+    result = refine(capsys, data_dir, trained, f"--synthetic_image_dir={data_dir / 'gaze' / 'UnityEyes'}",
                     f"--output_dir={data_dir / 'gaze'}")
     assert result.returncode == 0  # the output folder differs from the input: allowed
     shutil.copytree(data_dir / "gaze" / "UnityEyes", trained / "in" / "generative_run")
-    result = refine(data_dir, trained, f"--synthetic_image_dir={trained / 'in' / 'generative_run'}",
+    result = refine(capsys, data_dir, trained, f"--synthetic_image_dir={trained / 'in' / 'generative_run'}",
                     f"--output_dir={trained / 'in'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("[!] --output_dir would write into the input folder")

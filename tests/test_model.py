@@ -53,7 +53,7 @@ def test_self_regularization_is_scaled_l1_sum():
 def test_refiner_losses_are_batch_means():
     logits = tf.zeros((2, 1, 1, 2))  # CE log 2 per image
     refined = tf.ones((2, 1, 1, 1))
-    losses = refiner_losses(logits, refined, tf.zeros_like(refined), reg_scale=2.0)
+    losses = refiner_losses(logits, refined, tf.zeros_like(refined), reg_scale=2.0, global_batch_size=2)
     assert float(losses["realism_loss"]) == pytest.approx(math.log(2), rel=1e-6)
     assert float(losses["regularization_loss"]) == pytest.approx(2.0)
     assert float(losses["loss"]) == pytest.approx(2.0 + math.log(2), rel=1e-6)
@@ -63,7 +63,7 @@ def test_discriminator_losses_label_fake_0_and_real_1():
     # Two fake images: a fresh one the discriminator calls fake with confidence, a history one it is unsure of.
     fake_logits = tf.constant([[[[10.0, 0.0]]], [[[0.0, 0.0]]]])
     real_logits = tf.constant([[[[0.0, 0.0]]], [[[0.0, 10.0]]]])
-    losses = discriminator_losses(fake_logits, real_logits, num_fresh=1)
+    losses = discriminator_losses(fake_logits, real_logits, num_fresh=1, global_batch_size=2)
     sure, unsure = math.log(1 + math.exp(-10)), math.log(2)
     # As the original, the history half alone: not the mean over fresh and history.
     assert float(losses["refiner_d_loss_with_history"]) == pytest.approx(unsure, rel=1e-6)

@@ -2,7 +2,7 @@
 import keras
 import pytest
 
-import main
+import distribution
 
 
 @pytest.fixture(autouse=True)
@@ -13,12 +13,12 @@ def float32_afterwards():
 
 @pytest.mark.parametrize("has_bf16,expected,policy", [(True, "bf16", "mixed_bfloat16"), (False, "fp32", "float32")])
 def test_auto_follows_the_cpu(monkeypatch, has_bf16, expected, policy):
-    monkeypatch.setattr(main, "cpu_has_bf16", lambda: has_bf16)
-    assert main.configure_precision("auto") == expected
+    monkeypatch.setattr(distribution, "cpu_has_bf16", lambda: has_bf16)
+    assert distribution.configure_precision("auto") == expected
     assert keras.mixed_precision.global_policy().name == policy
 
 
 @pytest.mark.parametrize("choice,policy", [("fp32", "float32"), ("bf16", "mixed_bfloat16"), ("fp16", "mixed_float16")])
 def test_explicit_choices(choice, policy):
-    assert main.configure_precision(choice) == choice
+    assert distribution.configure_precision(choice) == choice
     assert keras.mixed_precision.global_policy().name == policy

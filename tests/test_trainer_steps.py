@@ -69,8 +69,7 @@ def test_steps_do_not_retrace(trainer):
         _, refined = trainer.refiner_step(images(seed))
         trainer.history_buffer.push(refined)
         trainer.discriminator_step(images(seed), trainer.history_buffer.sample(), images(seed + 10))
-    for step in (trainer.pretrain_refiner_step, trainer.refiner_step, trainer.discriminator_step,
-                 trainer.history_buffer.push, trainer.history_buffer.sample):
+    for step in (*trainer.compiled_steps.values(), trainer.history_buffer.push, trainer.history_buffer.sample):
         assert step.experimental_get_tracing_count() == 1
 
 
@@ -148,8 +147,7 @@ def test_jit_compile_flag_compiles_the_steps(tiny_config, tiny_paths):
     trainer = Trainer(tiny_config, tiny_paths, NO_DATA)
     losses, _ = trainer.pretrain_refiner_step(images(1))
     assert np.isfinite(float(losses["loss"]))
-    steps = (trainer.pretrain_refiner_step, trainer.refiner_step, trainer.discriminator_step)
-    assert all(step._jit_compile for step in steps)  # noqa: SLF001 (tf.function has no public accessor)
+    assert all(step._jit_compile for step in trainer.replica_steps.values())  # noqa: SLF001 (no public accessor)
 
 
 @pytest.mark.parametrize("step_name", ["pretrain_refiner_step", "refiner_step"])
@@ -165,8 +163,10 @@ def test_micro_batches_give_the_update_of_the_whole_batch(tiny_config, tiny_path
         np.testing.assert_allclose(float(split_losses[name]), float(value), rtol=1e-5)
     np.testing.assert_allclose(split_refined.numpy(), whole_refined.numpy(), atol=1e-6)
     for after_whole, after_split in zip(whole.refiner.get_weights(), split.refiner.get_weights()):
-        # Adam's first step is about lr * sign(gradient): near-zero gradients amplify float noise.
-        np.testing.assert_allclose(after_split, after_whole, atol=2e-5)
+        # Adam's first step is about lr * sign(gradient): a gradient near zero turns float noise in the
+        # summation order into up to a tenth of a step (lr 1e-3) on a rare weight; the rest agree closely.
+        np.testing.assert_allclose(after_split, after_whole, atol=1e-4)
+        assert np.median(np.abs(after_split - after_whole)) < 1e-7
     assert changed(before, whole.refiner)
 
 

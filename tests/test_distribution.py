@@ -1,0 +1,93 @@
+"""tf.distribute: two CPU replicas train as one device does, checkpoints move between strategies, bad batches."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import main
+from conftest import ROOT, checkpoint_counters, folder_flags, main_in_process, run_main
+from data.sample_data import write_sample
+
+SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
+            "--log_step=1", "--sample_image_grid=2,2", "--max_image_summary=2", "--checkpoint_secs=3600"]
+MIRRORED = ["--distribution=mirrored", "--cpu_replicas=2"]
+# One refiner step and one discriminator step from the same weights and inputs, on one device and on
+# two CPU replicas, in a fresh process: logical CPUs must be set before TensorFlow starts its devices.
+EQUIVALENCE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, tensorflow as tf
+from config import get_config
+from distribution import configure_devices, make_strategy
+from utils import run_paths
+config = get_config(["--batch_size=8", "--buffer_size=16", "--distribution=mirrored", "--cpu_replicas=2",
+                     "--max_grad_norm=0.5", "--log_dir=" + sys.argv[2]])
+configure_devices(config)
+from trainer import Trainer
+trainers = [Trainer(config, run_paths(config), None), Trainer(config, run_paths(config), None, make_strategy(config))]
+for name in ("refiner", "discriminator"):
+    getattr(trainers[1], name).set_weights(getattr(trainers[0], name).get_weights())
+images = lambda seed, batch=8: tf.random.stateless_uniform((batch, 35, 55, 1), (seed, 0), -1, 1)
+report = {}
+for trainer, key in zip(trainers, ("one", "two")):
+    refiner_losses, refined = trainer.refiner_step(images(1))
+    discriminator_losses = trainer.discriminator_step(images(2), images(3, 4), images(4))
+    report[key] = {"replicas": trainer.strategy.num_replicas_in_sync,
+                   "losses": {k: float(v) for k, v in {**refiner_losses, **discriminator_losses}.items()},
+                   "refined": refined.numpy().tolist(),
+                   "weights": [w.tolist() for w in trainer.refiner.get_weights()[:2] + trainer.discriminator.get_weights()[:2]]}
+print(json.dumps(report))
+"""
+
+
+def test_two_replicas_take_the_same_steps_as_one_device(tmp_path):
+    result = subprocess.run([sys.executable, "-c", EQUIVALENCE, ROOT, str(tmp_path)], capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    one, two = report["one"], report["two"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert set(one["losses"]) == {"realism_loss", "regularization_loss", "loss", "synthetic_d_loss",
+                                  "refiner_d_loss_with_history", "discrim_loss_with_history"}
+    for name, value in one["losses"].items():
+        assert two["losses"][name] == pytest.approx(value, rel=1e-5), name
+    np.testing.assert_allclose(two["refined"], one["refined"], atol=1e-5)
+    for before, after in zip(one["weights"], two["weights"]):  # clipped at 0.5: the sum is clipped, not each half
+        np.testing.assert_allclose(after, before, atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distribution")
+    write_sample(root / "gaze", num_synthetic=16, num_real=12, seed=3)
+    return root
+
+
+def test_a_mirrored_run_resumes_and_is_refined_on_one_device(data_dir, tmp_path, capsys):
+    folders = folder_flags(data_dir, tmp_path)
+    first = run_main(*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "device:CPU:1: 2 replicas, MirroredStrategy, fp32" in first.stdout  # the start line
+    model_dir = tmp_path / "logs" / "generative_mirrored"
+    assert checkpoint_counters(model_dir) == (2 + 2, 2 + 1, 1)
+    # A checkpoint of any strategy restores under any other: resumed without one, in this process.
+    resumed = main_in_process(capsys, *folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "refiner step 4, discriminator step 3, iteration 1" in resumed.stdout
+    assert checkpoint_counters(model_dir) == (2 + 4, 2 + 2, 2)
+    refined = main_in_process(capsys, *folders, "--is_train=False", "--load_path=mirrored")
+    assert refined.returncode == 0, refined.stderr[-3000:]
+    assert len(list((tmp_path / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch_size=6"], "--batch_size=6: each of the 2 replicas needs an even share (half refined, half history); "
+                         "use a multiple of 4"),
+    (["--task=estimation", "--batch_size=5"], "--batch_size=5: the 2 replicas need equal shares; use a multiple of 2"),
+])
+def test_a_batch_the_replicas_cannot_share_is_one_clear_error(tmp_path, capsys, flags, message):
+    assert main.main([*MIRRORED, *flags, f"--log_dir={tmp_path}"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"[!] {message}"
