@@ -12,6 +12,7 @@ import os
 import keras
 import tensorflow as tf
 
+from config import ConfigError
 from utils import cpu_has_bf16, gpu_memory_mb
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -21,15 +22,23 @@ def configure_devices(config):
     """GPU memory (growth, or a hard share) and --cpu_replicas logical CPUs, before TensorFlow starts them."""
     gpus = tf.config.list_physical_devices("GPU")
     totals = gpu_memory_mb() if gpus and config.gpu_memory_fraction < 1.0 else []
-    for index, gpu in enumerate(gpus):  # TF2's form of the original's per_process_gpu_memory_fraction
-        if index < len(totals):
-            limit = int(totals[index] * config.gpu_memory_fraction)
-            tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
-        else:
-            tf.config.experimental.set_memory_growth(gpu, True)
-    if config.cpu_replicas > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or [None]) == config.cpu_replicas and all(
+            tf.config.get_logical_device_configuration(gpu) is not None or tf.config.experimental.get_memory_growth(gpu)
+            for gpu in gpus):
+        return  # set already, by an earlier run in this process
+    try:
+        for index, gpu in enumerate(gpus):  # TF2's form of the original's per_process_gpu_memory_fraction
+            if index < len(totals):
+                limit = int(totals[index] * config.gpu_memory_fraction)
+                tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        if config.cpu_replicas > 1:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas)
+    except RuntimeError:  # TensorFlow started its devices before: only a fresh process can change them
+        raise ConfigError(f"--cpu_replicas={config.cpu_replicas} / --gpu_memory_fraction={config.gpu_memory_fraction}: "
+                          f"TensorFlow's devices were set up already in this process") from None
 
 
 def configure_precision(choice):

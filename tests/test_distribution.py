@@ -13,9 +13,10 @@ from data.sample_data import write_sample
 SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
             "--log_step=1", "--sample_image_grid=2,2", "--max_image_summary=2", "--checkpoint_secs=3600"]
 MIRRORED = ["--distribution=mirrored", "--cpu_replicas=2"]
-# One refiner step and one discriminator step from the same weights and inputs, on one device and on
-# two CPU replicas, in a fresh process: logical CPUs must be set before TensorFlow starts its devices.
-EQUIVALENCE = """
+# In a fresh process (logical CPUs must be set before TensorFlow starts its devices): one refiner step
+# and one discriminator step from the same weights and inputs, on one device and on two CPU replicas;
+# then `python main.py` as a user runs it, mirrored over the same two CPUs.
+MIRRORED_PROCESS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, tensorflow as tf
@@ -38,16 +39,27 @@ for trainer, key in zip(trainers, ("one", "two")):
                    "losses": {k: float(v) for k, v in {**refiner_losses, **discriminator_losses}.items()},
                    "refined": refined.numpy().tolist(),
                    "weights": [w.tolist() for w in trainer.refiner.get_weights()[:2] + trainer.discriminator.get_weights()[:2]]}
+import main
+report["status"] = main.main(sys.argv[3:])
 print(json.dumps(report))
 """
 
 
-def test_two_replicas_take_the_same_steps_as_one_device(tmp_path):
-    result = subprocess.run([sys.executable, "-c", EQUIVALENCE, ROOT, str(tmp_path)], capture_output=True,
-                            text=True, timeout=240)
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """The process above: its report, its stdout, and the folders of its mirrored run."""
+    root = tmp_path_factory.mktemp("distribution")
+    write_sample(root / "gaze", num_synthetic=16, num_real=12, seed=3)
+    folders = folder_flags(root, root)
+    result = subprocess.run([sys.executable, "-c", MIRRORED_PROCESS, ROOT, str(root / "equivalence"), *folders,
+                             *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    one, two = report["one"], report["two"]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout, folders, root
+
+
+def test_two_replicas_take_the_same_steps_as_one_device(mirrored):
+    one, two = mirrored[0]["one"], mirrored[0]["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert set(one["losses"]) == {"realism_loss", "regularization_loss", "loss", "synthetic_d_loss",
                                   "refiner_d_loss_with_history", "discrim_loss_with_history"}
@@ -58,19 +70,11 @@ def test_two_replicas_take_the_same_steps_as_one_device(tmp_path):
         np.testing.assert_allclose(after, before, atol=2e-5)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distribution")
-    write_sample(root / "gaze", num_synthetic=16, num_real=12, seed=3)
-    return root
-
-
-def test_a_mirrored_run_resumes_and_is_refined_on_one_device(data_dir, tmp_path, capsys):
-    folders = folder_flags(data_dir, tmp_path)
-    first = run_main(*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "device:CPU:1: 2 replicas, MirroredStrategy, fp32" in first.stdout  # the start line
-    model_dir = tmp_path / "logs" / "generative_mirrored"
+def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored, capsys):
+    report, stdout, folders, root = mirrored
+    assert report["status"] == 0
+    assert "device:CPU:1: 2 replicas, MirroredStrategy, fp32" in stdout  # the start line
+    model_dir = root / "logs" / "generative_mirrored"
     assert checkpoint_counters(model_dir) == (2 + 2, 2 + 1, 1)
     # A checkpoint of any strategy restores under any other: resumed without one, in this process.
     resumed = main_in_process(capsys, *folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored")
@@ -79,7 +83,7 @@ def test_a_mirrored_run_resumes_and_is_refined_on_one_device(data_dir, tmp_path,
     assert checkpoint_counters(model_dir) == (2 + 4, 2 + 2, 2)
     refined = main_in_process(capsys, *folders, "--is_train=False", "--load_path=mirrored")
     assert refined.returncode == 0, refined.stderr[-3000:]
-    assert len(list((tmp_path / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
+    assert len(list((root / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -78,9 +78,9 @@ def test_training_writes_sample_grids_named_by_refiner_step_and_real_samples(run
     assert os.path.exists(root / "samples" / "real_0.png")
 
 
-def test_resume_continues_the_counters_without_pretraining_again(run):
+def test_resume_continues_the_counters_without_pretraining_again(run, capsys):
     root, folders, name, _ = run
-    result = run_main(*folders, *SCHEDULE, "--max_step=3", f"--load_path={name}")
+    result = main_in_process(capsys, *folders, *SCHEDULE, "--max_step=3", f"--load_path={name}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored" in result.stdout
     assert checkpoint_counters(root / "logs" / name) == (4 + 3 * 2, 2 + 3 * 1, 3)

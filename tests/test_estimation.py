@@ -264,10 +264,11 @@ def save_constant_refiner(model_dir):
     tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=1).save()
 
 
-def test_the_estimator_trains_on_images_refined_by_the_refiner_path(sample):
+def test_the_estimator_trains_on_images_refined_by_the_refiner_path(sample, capsys):
     root, _ = sample
     save_constant_refiner(root / "logs" / "generative_constant")
-    result = run_in(root, *TINY, "--num_epochs=1", "--refiner_path=constant", "--load_path=refined")
+    result = main_in_process(capsys, *flags_for(root), *TINY, "--num_epochs=1", "--refiner_path=constant",
+                             "--load_path=refined")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refined by" in result.stdout and "generative_constant" in result.stdout
     with Image.open(root / "samples" / "estimation_refined" / "training_images.png") as grid:

@@ -157,11 +157,11 @@ def corrupt(gaze_dir):
             "not named {i}_cropped.png): stray.png", f"(truncated or unreadable .mat): Data/Normalized/{day.parent.name}/{day.name}"]
 
 
-def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(data_dir, tmp_path):
+def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(data_dir, tmp_path, capsys):
     copy = tmp_path / "data"
     shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*_cropped.png", "gaze.npz", "samples"))
     expected = corrupt(copy / "gaze")
-    result = run_main(*folder_flags(copy, tmp_path), *SCHEDULE, "--max_step=1", "--load_path=run")
+    result = main_in_process(capsys, *folder_flags(copy, tmp_path), *SCHEDULE, "--max_step=1", "--load_path=run")
     assert result.returncode == 0, result.stderr[-2000:]
     for line in expected:
         assert line in result.stdout, (line, result.stdout)
