@@ -31,7 +31,6 @@ import argparse
 import errno
 import io
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -1,4 +1,6 @@
 """Shared fixtures and helpers: a tiny config, the command line as a user runs it, checkpoint readers."""
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -41,17 +43,17 @@ def run_main(*flags, timeout=240):
                           timeout=timeout)
 
 
-def main_in_process(capsys, *flags):
+def main_in_process(*flags):
     """`main.main(FLAGS)` in this process, without TensorFlow's start-up: exit status, stdout, stderr.
 
-    For modes that neither set up devices nor change Keras' precision policy for later tests: test mode,
-    evaluation and the errors before training (fp32 is passed so `auto` never picks bfloat16).
+    For modes that set up no devices: single-device training, test mode, evaluation and errors; fp32 is
+    passed so `auto` never leaves a bfloat16 policy behind for later tests.
     """
     import main  # here: importing it imports TensorFlow
-    capsys.readouterr()
-    status = main.main([*flags, "--mixed_precision=fp32"])
-    output = capsys.readouterr()
-    return types.SimpleNamespace(returncode=status, stdout=output.out, stderr=output.err)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main.main([*flags, "--mixed_precision=fp32"])
+    return types.SimpleNamespace(returncode=status, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def checkpoint_values(model_dir):

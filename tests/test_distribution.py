@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import main
-from conftest import ROOT, checkpoint_counters, folder_flags, main_in_process, run_main
+from conftest import ROOT, checkpoint_counters, folder_flags, main_in_process
 from data.sample_data import write_sample
 
 SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
@@ -70,18 +70,18 @@ def test_two_replicas_take_the_same_steps_as_one_device(mirrored):
         np.testing.assert_allclose(after, before, atol=2e-5)
 
 
-def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored, capsys):
+def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored):
     report, stdout, folders, root = mirrored
     assert report["status"] == 0
     assert "device:CPU:1: 2 replicas, MirroredStrategy, fp32" in stdout  # the start line
     model_dir = root / "logs" / "generative_mirrored"
     assert checkpoint_counters(model_dir) == (2 + 2, 2 + 1, 1)
     # A checkpoint of any strategy restores under any other: resumed without one, in this process.
-    resumed = main_in_process(capsys, *folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored")
+    resumed = main_in_process(*folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "refiner step 4, discriminator step 3, iteration 1" in resumed.stdout
     assert checkpoint_counters(model_dir) == (2 + 4, 2 + 2, 2)
-    refined = main_in_process(capsys, *folders, "--is_train=False", "--load_path=mirrored")
+    refined = main_in_process(*folders, "--is_train=False", "--load_path=mirrored")
     assert refined.returncode == 0, refined.stderr[-3000:]
     assert len(list((root / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
 

@@ -78,9 +78,9 @@ def test_training_writes_sample_grids_named_by_refiner_step_and_real_samples(run
     assert os.path.exists(root / "samples" / "real_0.png")
 
 
-def test_resume_continues_the_counters_without_pretraining_again(run, capsys):
+def test_resume_continues_the_counters_without_pretraining_again(run):
     root, folders, name, _ = run
-    result = main_in_process(capsys, *folders, *SCHEDULE, "--max_step=3", f"--load_path={name}")
+    result = main_in_process(*folders, *SCHEDULE, "--max_step=3", f"--load_path={name}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored" in result.stdout
     assert checkpoint_counters(root / "logs" / name) == (4 + 3 * 2, 2 + 3 * 1, 3)
@@ -91,9 +91,9 @@ def test_resume_continues_the_counters_without_pretraining_again(run, capsys):
     assert "10.png" in os.listdir(root / "samples" / name)
 
 
-def test_refine_writes_one_image_per_crop(run, capsys):
+def test_refine_writes_one_image_per_crop(run):
     root, folders, name, _ = run
-    result = main_in_process(capsys, *folders, "--is_train=False", f"--load_path={name}", "--batch_size=5")
+    result = main_in_process(*folders, "--is_train=False", f"--load_path={name}", "--batch_size=5")
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = sorted(os.listdir(root / "outputs" / name))
     crops = [file for file in os.listdir(root / "data" / "gaze" / "UnityEyes") if file.endswith("_cropped.png")]
@@ -113,7 +113,7 @@ def test_training_leaves_both_exports_with_the_refiners_numbers(run):
     assert (model_dir / "refiner_saved_model" / "saved_model.pb").is_file()
 
 
-def test_refine_a_folder_of_any_eye_images_with_the_keras_file(run, tmp_path, capsys):
+def test_refine_a_folder_of_any_eye_images_with_the_keras_file(run, tmp_path):
     root, folders, name, _ = run
     rng = np.random.default_rng(0)
     inputs = {"eye one.png": (36, 60, 3), "Eye (2).JPG": (50, 80), "3.jpeg": (84, 140), "grey eye.png": (35, 55)}
@@ -121,7 +121,7 @@ def test_refine_a_folder_of_any_eye_images_with_the_keras_file(run, tmp_path, ca
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
             tmp_path / file_name, format="JPEG" if file_name.lower().endswith(("jpg", "jpeg")) else "PNG")
     (tmp_path / "broken.png").write_bytes((tmp_path / "eye one.png").read_bytes()[:80])
-    result = main_in_process(capsys, *folders, "--is_train=False",
+    result = main_in_process(*folders, "--is_train=False",
                              f"--load_path={root / 'logs' / name / 'refiner.keras'}",
                              f"--synthetic_image_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", "--batch_size=3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,9 +133,9 @@ def test_refine_a_folder_of_any_eye_images_with_the_keras_file(run, tmp_path, ca
             assert image.size == (55, 35) and image.mode == "L"
 
 
-def test_refine_without_a_checkpoint_is_one_clear_error(run, capsys):
+def test_refine_without_a_checkpoint_is_one_clear_error(run):
     _, folders, _, _ = run
-    result = main_in_process(capsys, *folders, "--is_train=False", "--load_path=missing_run")
+    result = main_in_process(*folders, "--is_train=False", "--load_path=missing_run")
     assert result.returncode == 1
     # TensorFlow's own start-up lines may come first; ours is one line, last.
     assert result.stderr.strip().splitlines()[-1].startswith("[!] no checkpoint in")

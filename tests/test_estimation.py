@@ -1,6 +1,5 @@
 """The estimation task: the estimator, its error measures, the label conventions, and the CLI end to end."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import config as config_module
 import main
-from conftest import folder_flags, main_in_process, run_main
+from conftest import folder_flags, main_in_process
 from config import ConfigError, check_config, get_config
 from data import mpiigaze
 from data.gaze_data import estimation_sets, load_gaze_data
@@ -176,16 +175,11 @@ def flags_for(root):
     return folder_flags(root / "data", root)
 
 
-def run_in(root, *flags):
-    """`python main.py` on the sample under root, writing under root."""
-    return run_main(*flags_for(root), *flags)
-
-
 @pytest.fixture(scope="module")
 def trained(sample):
     """A tiny estimator trained on the raw synthetic sample."""
     root, _ = sample
-    result = run_in(root, *TINY, "--load_path=synthetic")  # a new run with a known name
+    result = main_in_process(*flags_for(root), *TINY, "--load_path=synthetic")  # a new run with a known name
     assert result.returncode == 0, result.stderr[-3000:]
     return root, "estimation_synthetic", result
 
@@ -217,10 +211,10 @@ def test_training_writes_tensorboard_summaries_and_the_training_images(trained):
         assert np.asarray(grid)[1:36, 1:56].std() > 10  # raw synthetic eyes, not a flat image
 
 
-def test_evaluation_mode_measures_the_saved_estimator_again(trained, capsys):
+def test_evaluation_mode_measures_the_saved_estimator_again(trained):
     root, name, _ = trained
     before = json.loads((root / "logs" / name / "evaluation.json").read_text())
-    result = main_in_process(capsys, *flags_for(root), "--task=estimation", "--is_train=False", f"--load_path={name}",
+    result = main_in_process(*flags_for(root), "--task=estimation", "--is_train=False", f"--load_path={name}",
                              "--batch_size=7")
     assert result.returncode == 0, result.stderr[-3000:]
     after = json.loads((root / "logs" / name / "evaluation.json").read_text())
@@ -264,10 +258,10 @@ def save_constant_refiner(model_dir):
     tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=1).save()
 
 
-def test_the_estimator_trains_on_images_refined_by_the_refiner_path(sample, capsys):
+def test_the_estimator_trains_on_images_refined_by_the_refiner_path(sample):
     root, _ = sample
     save_constant_refiner(root / "logs" / "generative_constant")
-    result = main_in_process(capsys, *flags_for(root), *TINY, "--num_epochs=1", "--refiner_path=constant",
+    result = main_in_process(*flags_for(root), *TINY, "--num_epochs=1", "--refiner_path=constant",
                              "--load_path=refined")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refined by" in result.stdout and "generative_constant" in result.stdout

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 import refine as refine_module
-from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, main_in_process, run_main
+from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, main_in_process
 from config import get_config
 from data.gaze_data import load_gaze_data
 from data.sample_data import write_sample
@@ -75,10 +75,10 @@ def test_kill_9_then_resume_goes_on_from_the_last_checkpoint(data_dir, tmp_path)
     assert consistent(*before)
     assert any(k.startswith("history_buffer/") for k in state)
 
-    resumed = start_training(data_dir, tmp_path, f"--max_step={before[2] + 2}", "--checkpoint_secs=3600")
-    stdout, stderr = resumed.communicate(timeout=240)
-    assert resumed.returncode == 0, stderr[-2000:]
-    assert (f"refiner step {before[0]}, discriminator step {before[1]}, iteration {before[2]}") in stdout
+    resumed = main_in_process(*folder_flags(data_dir, tmp_path), *SCHEDULE, "--load_path=run",
+                              f"--max_step={before[2] + 2}", "--checkpoint_secs=3600")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (f"refiner step {before[0]}, discriminator step {before[1]}, iteration {before[2]}") in resumed.stdout
     after = checkpoint_counters(model_dir)
     assert after[2] == before[2] + 2 and consistent(*after)
 
@@ -157,11 +157,11 @@ def corrupt(gaze_dir):
             "not named {i}_cropped.png): stray.png", f"(truncated or unreadable .mat): Data/Normalized/{day.parent.name}/{day.name}"]
 
 
-def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(data_dir, tmp_path, capsys):
+def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(data_dir, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*_cropped.png", "gaze.npz", "samples"))
     expected = corrupt(copy / "gaze")
-    result = main_in_process(capsys, *folder_flags(copy, tmp_path), *SCHEDULE, "--max_step=1", "--load_path=run")
+    result = main_in_process(*folder_flags(copy, tmp_path), *SCHEDULE, "--max_step=1", "--load_path=run")
     assert result.returncode == 0, result.stderr[-2000:]
     for line in expected:
         assert line in result.stdout, (line, result.stdout)
@@ -197,32 +197,32 @@ def trained(data_dir, tmp_path_factory):
     return root
 
 
-def refine(capsys, data_dir, root, *flags):
-    return main_in_process(capsys, *folder_flags(data_dir, root), "--is_train=False", "--load_path=run", *flags)
+def refine(data_dir, root, *flags):
+    return main_in_process(*folder_flags(data_dir, root), "--is_train=False", "--load_path=run", *flags)
 
 
-def test_refining_again_after_an_interruption_finishes_only_the_rest(data_dir, trained, capsys):
-    assert refine(capsys, data_dir, trained).returncode == 0
+def test_refining_again_after_an_interruption_finishes_only_the_rest(data_dir, trained):
+    assert refine(data_dir, trained).returncode == 0
     outputs = trained / "outputs" / "generative_run"
     files = sorted(os.listdir(outputs))
     assert len(files) == 16
     kept = {name: os.stat(outputs / name).st_mtime_ns for name in files[5:]}
     for name in files[:5]:
         os.remove(outputs / name)  # as if the first run had been killed
-    result = refine(capsys, data_dir, trained)
+    result = refine(data_dir, trained)
     assert result.returncode == 0 and "11 images already refined" in result.stdout
     assert sorted(os.listdir(outputs)) == files
     assert {name: os.stat(outputs / name).st_mtime_ns for name in files[5:]} == kept
 
 
-def test_refining_never_writes_into_the_input_folder(data_dir, trained, capsys):
+def test_refining_never_writes_into_the_input_folder(data_dir, trained):
     inputs = trained / "outputs" / "generative_run"
     before = sorted(os.listdir(inputs))
-    result = refine(capsys, data_dir, trained, f"--synthetic_image_dir={data_dir / 'gaze' / 'UnityEyes'}",
+    result = refine(data_dir, trained, f"--synthetic_image_dir={data_dir / 'gaze' / 'UnityEyes'}",
                     f"--output_dir={data_dir / 'gaze'}")
     assert result.returncode == 0  # the output folder differs from the input: allowed
     shutil.copytree(data_dir / "gaze" / "UnityEyes", trained / "in" / "generative_run")
-    result = refine(capsys, data_dir, trained, f"--synthetic_image_dir={trained / 'in' / 'generative_run'}",
+    result = refine(data_dir, trained, f"--synthetic_image_dir={trained / 'in' / 'generative_run'}",
                     f"--output_dir={trained / 'in'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("[!] --output_dir would write into the input folder")
