@@ -22,11 +22,6 @@ def configure_devices(config):
     """GPU memory (growth, or a hard share) and --cpu_replicas logical CPUs, before TensorFlow starts them."""
     gpus = tf.config.list_physical_devices("GPU")
     totals = gpu_memory_mb() if gpus and config.gpu_memory_fraction < 1.0 else []
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    if len(tf.config.get_logical_device_configuration(cpu) or [None]) == config.cpu_replicas and all(
-            tf.config.get_logical_device_configuration(gpu) is not None or tf.config.experimental.get_memory_growth(gpu)
-            for gpu in gpus):
-        return  # set already, by an earlier run in this process
     try:
         for index, gpu in enumerate(gpus):  # TF2's form of the original's per_process_gpu_memory_fraction
             if index < len(totals):
@@ -35,10 +30,12 @@ def configure_devices(config):
             else:
                 tf.config.experimental.set_memory_growth(gpu, True)
         if config.cpu_replicas > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas)
-    except RuntimeError:  # TensorFlow started its devices before: only a fresh process can change them
-        raise ConfigError(f"--cpu_replicas={config.cpu_replicas} / --gpu_memory_fraction={config.gpu_memory_fraction}: "
-                          f"TensorFlow's devices were set up already in this process") from None
+    except RuntimeError:  # TensorFlow started its devices already, in an earlier run in this process
+        if len(tf.config.list_logical_devices("CPU")) != config.cpu_replicas:
+            raise ConfigError(f"--cpu_replicas={config.cpu_replicas}: TensorFlow's devices were set up already "
+                              f"in this process; only a fresh process can split the CPU") from None
 
 
 def configure_precision(choice):

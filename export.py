@@ -33,14 +33,12 @@ def float32_refiner(refiner):
     return copy
 
 
-def export_refiner(refiner, model_dir):
-    """Write MODEL_DIR/refiner.keras and MODEL_DIR/refiner_saved_model/, each atomically."""
-    RefinerExporter(refiner, model_dir)()
-
-
 class RefinerExporter:
-    """Writes the exports of one refiner, again at each call; the float32 copy and its serving function
-    are built (and traced) once, so a checkpoint's exports cost about a second, not several."""
+    """Writes MODEL_DIR/refiner.keras and MODEL_DIR/refiner_saved_model/, each atomically, at each call.
+
+    The float32 copy and its serving function are built (and traced) once, so a checkpoint's exports
+    cost about a second, not several.
+    """
 
     def __init__(self, refiner, model_dir):
         self.refiner, self.model_dir = refiner, model_dir

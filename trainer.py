@@ -1,7 +1,8 @@
 """The SimGAN trainer: owns the networks, optimizers, history buffer, checkpoints and summaries.
 
-Read top to bottom: construction, the three step functions (pure arithmetic, one tf.function
-each), the training schedule that calls them, then summaries and checkpoints. Refining a folder
+Read top to bottom: construction, the three step functions (pure arithmetic, each a tf.function
+run on every replica of the tf.distribute strategy, one device without one), the training schedule
+that calls them, then summaries and checkpoints. Refining a folder
 with a trained refiner is refine.py; the gaze estimator is estimation.py.
 """
 import functools
@@ -59,7 +60,7 @@ class Trainer:
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
             refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer,
             history_buffer=self.history_buffer)
-        export = self._export if self.chief else None
+        export = RefinerExporter(self.refiner, paths.model_dir) if self.chief else None  # beside each checkpoint
         self.checkpoints = Checkpoints(checkpoint, paths.model_dir, max_to_keep=3, every_secs=config.checkpoint_secs,
                                        announce=self.chief, on_save=export, chief=self.chief)
         # XLA on CPUs runs convolutions inside a loop body very slowly (minutes per step): one pass there.
@@ -256,12 +257,6 @@ class Trainer:
         self.summary_writer.flush()
         rows, cols = self.config.sample_image_grid
         save_image(img_tile(refined, rows, cols), os.path.join(self.paths.sample_dir, f"{refiner_step}.png"))
-
-    def _export(self):
-        """The refiner alone, beside each checkpoint (export.py); the exporter is built at the first save."""
-        if not hasattr(self, "exporter"):
-            self.exporter = RefinerExporter(self.refiner, self.paths.model_dir)
-        self.exporter()
 
     def restore(self):
         """Resume from the latest checkpoint of the run folder, if it has one."""

@@ -13,7 +13,7 @@ from PIL import Image
 import export
 from checkpoints import CheckpointError
 from data.pipelines import load_crops
-from export import KERAS_FILE, SAVED_MODEL_DIR, export_refiner, load_any_refiner
+from export import KERAS_FILE, SAVED_MODEL_DIR, RefinerExporter, load_any_refiner
 from model import build_refiner
 from utils import OutputError
 
@@ -55,7 +55,7 @@ def policy():
 def test_exports_load_outside_the_project_as_float32_with_the_refiners_numbers(tmp_path, policy):
     policy("mixed_bfloat16")  # trained in bfloat16: the exports still compute in float32
     refiner = build_refiner(SHAPE)
-    export_refiner(refiner, tmp_path)
+    RefinerExporter(refiner, tmp_path)()
     policy("float32")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -72,7 +72,7 @@ def test_exports_load_outside_the_project_as_float32_with_the_refiners_numbers(t
 @pytest.mark.parametrize("name", [KERAS_FILE, SAVED_MODEL_DIR])
 def test_either_export_loads_back_as_a_refiner(tmp_path, name):
     refiner = build_refiner(SHAPE)
-    export_refiner(refiner, tmp_path)
+    RefinerExporter(refiner, tmp_path)()
     refine, loaded = load_any_refiner(str(tmp_path / name), "logs", SHAPE, "load_path")
     assert loaded == str(tmp_path / name)
     np.testing.assert_allclose(np.asarray(refine(tf.constant(inputs()))), refiner(inputs()).numpy(), atol=1e-6)
@@ -81,7 +81,7 @@ def test_either_export_loads_back_as_a_refiner(tmp_path, name):
 
 
 def test_a_damaged_export_is_one_clear_error(tmp_path):
-    export_refiner(build_refiner(SHAPE), tmp_path)
+    RefinerExporter(build_refiner(SHAPE), tmp_path)()
     whole = (tmp_path / KERAS_FILE).read_bytes()
     (tmp_path / "cut.keras").write_bytes(whole[: len(whole) // 3])
     with pytest.raises(CheckpointError, match=r"^--refiner_path=.*cut\.keras: not a whole \.keras file"):
@@ -96,7 +96,7 @@ def test_a_damaged_export_is_one_clear_error(tmp_path):
 
 def test_a_failed_export_keeps_the_previous_one_whole(tmp_path, monkeypatch):
     first = build_refiner(SHAPE)
-    export_refiner(first, tmp_path)
+    RefinerExporter(first, tmp_path)()
     before = sorted(os.listdir(tmp_path / SAVED_MODEL_DIR))
 
     def crash_midway(module, path, signatures):
@@ -105,7 +105,7 @@ def test_a_failed_export_keeps_the_previous_one_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf.saved_model, "save", crash_midway)
     with pytest.raises(OutputError, match="No space left on device"):
-        export_refiner(build_refiner(SHAPE), tmp_path)
+        RefinerExporter(build_refiner(SHAPE), tmp_path)()
     assert sorted(os.listdir(tmp_path / SAVED_MODEL_DIR)) == before
     assert sorted(os.listdir(tmp_path)) == [KERAS_FILE, SAVED_MODEL_DIR]  # no temporary left behind
     refine, _ = load_any_refiner(str(tmp_path / SAVED_MODEL_DIR), "logs", SHAPE, "load_path")
@@ -119,7 +119,7 @@ def test_a_saved_model_refines_inside_the_estimators_pipeline(tmp_path):
         paths.append(str(tmp_path / f"{index}_cropped.png"))
         Image.fromarray(np.random.default_rng(index).integers(0, 256, (84, 140), dtype=np.uint8)).save(paths[-1])
     refiner = build_refiner(SHAPE)
-    export_refiner(refiner, tmp_path)
+    RefinerExporter(refiner, tmp_path)()
     refine, _ = load_any_refiner(str(tmp_path / SAVED_MODEL_DIR), "logs", SHAPE, "refiner_path")
     through_export = load_crops(paths, SHAPE, 2, refine)
     direct = load_crops(paths, SHAPE, 2, lambda images: refiner(images, training=False))
