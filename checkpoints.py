@@ -18,16 +18,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing or cannot be read; str(e) is one line."""
 
 
-def restore_checkpoint(checkpoint, path, partial=False):
+def restore_checkpoint(checkpoint, path):
     """Load path into checkpoint's objects, each of which must find its values; one-line CheckpointError if not.
 
-    partial: values in the file that nothing here asks for (a training checkpoint's optimizers when
-    only the networks are wanted) are fine.
+    Values in the file that nothing here asks for are fine: a training checkpoint's optimizers when
+    only the networks are wanted, or the preemption handler's counter of a cluster run.
     """
     try:
         status = checkpoint.restore(path)
-        if partial:
-            status.expect_partial()
+        status.expect_partial()
         status.assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as error:
         message = str(error).strip().splitlines()[0]
@@ -51,6 +50,7 @@ class Checkpoints:
         self.every_secs = every_secs
         self.announce = announce
         self.last_save = time.monotonic()
+        self.last_number = None
 
     @property
     def latest(self):
@@ -63,7 +63,9 @@ class Checkpoints:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
 
     def save(self, number):
-        """Write checkpoint `number`; OutputError (one line) if the disk refuses."""
+        """Write checkpoint `number` (once: a stop saves, then the trainer's end); OutputError if the disk refuses."""
+        if number == self.last_number:
+            return self.manager.latest_checkpoint
         try:
             path = self.manager.save(checkpoint_number=number)
         except (OSError, tf.errors.OpError) as error:
@@ -71,20 +73,20 @@ class Checkpoints:
         if self.on_save is not None:
             self.on_save()
         self.last_save = time.monotonic()
+        self.last_number = number
         if self.announce:
             tqdm.write(f"[*] Saved checkpoint {path}")
         return path
 
-    def save_if_due(self, number):
-        """Save when every_secs have passed since the last save."""
-        if self.every_secs is not None and time.monotonic() - self.last_save >= self.every_secs:
-            self.save(number)
+    def is_due(self):
+        """True when every_secs have passed since the last save."""
+        return self.every_secs is not None and time.monotonic() - self.last_save >= self.every_secs
 
-    def restore_latest(self, partial=False):
+    def restore_latest(self):
         """Restore the latest checkpoint, if there is one; returns its path or None."""
         latest = self.latest
         if latest is not None:
-            restore_checkpoint(self.checkpoint, latest, partial)
+            restore_checkpoint(self.checkpoint, latest)
         return latest
 
 
@@ -103,5 +105,5 @@ def find_refiner_checkpoint(refiner_path, log_dir, flag="refiner_path"):
 def load_refiner(checkpoint_path, image_shape):
     """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
     refiner = build_refiner(image_shape)
-    restore_checkpoint(tf.train.Checkpoint(refiner=refiner), checkpoint_path, partial=True)
+    restore_checkpoint(tf.train.Checkpoint(refiner=refiner), checkpoint_path)
     return refiner

@@ -6,6 +6,7 @@ without GPUs; `multi_worker` reads the cluster from TF_CONFIG. Without a strateg
 default strategy stands in, so the trainers have one code path: `distribute` splits a global
 batch into the replicas' shares, the steps run on every replica, and their losses are summed.
 """
+import functools
 import json
 import os
 
@@ -88,6 +89,33 @@ def is_chief(strategy):
     has_chief = "chief" in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
                                              and resolver.task_id == 0)
+
+
+def worker_count(strategy):
+    """How many processes train together: more than 1 only for a MultiWorkerMirroredStrategy over a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+def any_worker(strategy, flag):
+    """True on every worker when flag is True on any: for decisions all workers must take alike."""
+    return bool(_replica_sum(strategy)(tf.constant(float(flag))) > 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _replica_sum(strategy):
+    """A compiled sum over every replica of the cluster of a value each process gives (one trace a strategy)."""
+    def replica_share(value):
+        local = tf.identity(value)  # placed on this replica's device: all_reduce needs one
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+
+    @tf.function
+    def replica_sum(value):
+        return strategy.experimental_local_results(strategy.run(replica_share, args=(value,)))[0]
+    return replica_sum
 
 
 def describe(strategy, precision):

@@ -91,7 +91,7 @@ class EstimatorTrainer:
         if self._epochs_left():
             self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                    else tf.summary.create_noop_writer())
-            with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints) as loop:
+            with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints, self.strategy) as loop:
                 finished = self._train_epochs(loop)
             self.checkpoints.save(int(self.optimizer.iterations.numpy()))
             self.checkpoints.close()
@@ -219,7 +219,7 @@ class EstimatorTrainer:
 
     def _restore_best(self):
         """Load the weights of the best validation epoch; CheckpointError if there are none."""
-        latest = self.best.restore_latest(partial=True)
+        latest = self.best.restore_latest()
         if latest is None:
             raise CheckpointError(f"no estimator checkpoint in {self.best.manager.directory}: train one first "
                                   f"(python main.py --task=estimation) or pass the --load_path of one")

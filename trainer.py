@@ -167,7 +167,8 @@ class Trainer:
         self.test_images = self._load_test_images()
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
-        with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints) as self.loop:
+        loop = TrainingLoop(self.config, self.checkpoints, self.strategy)
+        with self.summary_writer.as_default(), loop as self.loop:
             for phase in (self._train_refiner, self._train_discriminator, self._train_both):
                 if not phase():
                     break

@@ -4,13 +4,18 @@ After each network step a trainer calls `TrainingLoop.log`: the losses must be f
 prints them, and at steps that are multiples of `log_step` they go to TensorBoard at x = that step.
 At each point a run can resume from, it calls `TrainingLoop.resumable`: a checkpoint every
 `checkpoint_secs`, and a SIGINT/SIGTERM becomes a request to stop there (the trainer then saves).
+In a cluster, a signal to any worker stops every worker at the same point, after one checkpoint
+(TensorFlow's PreemptionCheckpointHandler agrees on the step), so none is left waiting in a collective.
 """
 import signal
+import threading
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
+
+from distribution import any_worker, worker_count
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,22 +59,49 @@ def apply_gradients(optimizer, gradients, variables):
 class TrainingLoop:
     """A context for a training loop: stop requests while inside, and the checks and writes after each step."""
 
-    def __init__(self, config, checkpoints):
+    def __init__(self, config, checkpoints, strategy=None):
         self.config = config
         self.checkpoints = checkpoints
-        self.stop_requested = False
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.cluster = worker_count(self.strategy) > 1
+        # Events, not attributes: the preemption handler's threads read them without holding the loop.
+        self.stop_requested = threading.Event()
+        self.stop_agreed = threading.Event()
+        self.preemption = None
 
     def __enter__(self):
-        self.stop_requested = False
+        self.stop_requested.clear()
+        self.stop_agreed.clear()
         self._previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if self.cluster:
+            self.preemption = self._preemption_handler()
         return self
 
     def __exit__(self, *exc):
         self._restore_handlers()
+        self.preemption = None  # its __del__ stops its watcher threads
+
+    def _preemption_handler(self):
+        """TensorFlow's handler for a cluster: our stop request is its termination notice, our save its save.
+
+        It restores nothing we have not: its manager reads the run's folder, where the trainer restored from.
+        """
+        stop_requested, stop_agreed = self.stop_requested, self.stop_agreed
+
+        def stop():
+            stop_agreed.set()
+            tqdm.write("[*] A worker was asked to stop: every worker saved the checkpoint and stops")
+
+        reader = tf.train.CheckpointManager(self.checkpoints.checkpoint, self.checkpoints.run_dir, max_to_keep=None)
+        termination = tf.distribute.experimental.TerminationConfig(
+            termination_watcher_fn=stop_requested.is_set, exit_fn=stop, grace_period=0, save_fn=self.checkpoints.save)
+        return tf.distribute.experimental.PreemptionCheckpointHandler(
+            self.strategy.cluster_resolver, reader, termination_config=termination)
 
     def _request_stop(self, signum, frame):
-        self.stop_requested = True
-        tqdm.write(f"[*] {signal.Signals(signum).name}: saving a checkpoint and stopping (again to kill)")
+        self.stop_requested.set()
+        where = "every worker" if self.cluster else "this run"
+        tqdm.write(f"[*] {signal.Signals(signum).name}: {where} saves a checkpoint and stops (again to kill)")
         self._restore_handlers()
 
     def _restore_handlers(self):
@@ -96,6 +128,22 @@ class TrainingLoop:
                 on_summaries(step)
 
     def resumable(self, checkpoint_number):
-        """A point training can resume from: checkpoint if one is due; False when a stop was requested."""
-        self.checkpoints.save_if_due(checkpoint_number)
-        return not self.stop_requested
+        """A point training can resume from: checkpoint if one is due; False when the run is to stop here.
+
+        In a cluster every worker saves or none does (a save may take part in collective operations),
+        and a stop requested on any worker becomes one agreed checkpoint and a stop on all of them.
+        """
+        due = self.checkpoints.is_due()
+        if self.cluster:
+            due = any_worker(self.strategy, due)
+        if due:
+            self.checkpoints.save(checkpoint_number)
+        if not self.cluster:
+            return not self.stop_requested.is_set()
+        logger, level = tf.get_logger(), tf.get_logger().level
+        logger.setLevel("ERROR")  # the handler's save warns that one of its own properties is deprecated
+        try:
+            self.preemption.save_checkpoint_if_preempted(checkpoint_number)
+        finally:
+            logger.setLevel(level)
+        return not self.stop_agreed.is_set()

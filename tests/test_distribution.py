@@ -15,7 +15,7 @@ SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch
 MIRRORED = ["--distribution=mirrored", "--cpu_replicas=2"]
 # In a fresh process (logical CPUs must be set before TensorFlow starts its devices): one refiner step
 # and one discriminator step from the same weights and inputs, on one device and on two CPU replicas;
-# then `python main.py` as a user runs it, mirrored over the same two CPUs.
+# then `python main.py` as a user runs it, mirrored over the same two CPUs: training, then the estimator.
 MIRRORED_PROCESS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -40,7 +40,9 @@ for trainer, key in zip(trainers, ("one", "two")):
                    "refined": refined.numpy().tolist(),
                    "weights": [w.tolist() for w in trainer.refiner.get_weights()[:2] + trainer.discriminator.get_weights()[:2]]}
 import main
-report["status"] = main.main(sys.argv[3:])
+runs = json.loads(sys.argv[3])
+report["status"] = main.main(runs["generative"])
+report["estimation_status"] = main.main(runs["estimation"])
 print(json.dumps(report))
 """
 
@@ -51,8 +53,10 @@ def mirrored(tmp_path_factory):
     root = tmp_path_factory.mktemp("distribution")
     write_sample(root / "gaze", num_synthetic=16, num_real=12, seed=3)
     folders = folder_flags(root, root)
-    result = subprocess.run([sys.executable, "-c", MIRRORED_PROCESS, ROOT, str(root / "equivalence"), *folders,
-                             *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored"],
+    runs = {"generative": [*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored"],
+            "estimation": [*folders, *MIRRORED, "--task=estimation", "--batch_size=8", "--num_epochs=1",
+                           "--log_step=1", "--sample_image_grid=2,2", "--load_path=estimator"]}
+    result = subprocess.run([sys.executable, "-c", MIRRORED_PROCESS, ROOT, str(root / "equivalence"), json.dumps(runs)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout, folders, root
@@ -84,6 +88,14 @@ def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored):
     refined = main_in_process(*folders, "--is_train=False", "--load_path=mirrored")
     assert refined.returncode == 0, refined.stderr[-3000:]
     assert len(list((root / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
+
+
+def test_the_estimator_trains_and_is_evaluated_under_the_same_strategy(mirrored):
+    report, stdout, _, root = mirrored
+    assert report["estimation_status"] == 0
+    assert stdout.count("2 replicas, MirroredStrategy") == 2  # the start lines of both runs
+    evaluation = json.loads((root / "logs" / "estimation_estimator" / "evaluation.json").read_text())
+    assert len(evaluation["share_within_degrees"]) == 26
 
 
 @pytest.mark.parametrize("flags, message", [

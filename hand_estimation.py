@@ -1,0 +1,228 @@
+"""The hand estimation task (`--task=estimation --data_set=hand`): the paper's hand experiment.
+
+Shrivastava et al. 2017, section 4.3: train a two-stack hourglass pose estimator on synthetic depth
+images of hands, or on the same images refined by a trained refiner, and measure it on the real NYU
+test images as the share of the 14 evaluation joints within d pixels, d = 0..20. There is no
+validation split and no early stopping: the estimator trains --num_epochs epochs and the weights of
+the end are evaluated. `--is_train=False --load_path=NAME` evaluates a run's latest checkpoint again.
+
+Flags this task reads that config.py may not have yet (read with their defaults until it does):
+--estimator_filters, --estimator_depth, --estimator_stacks, --heatmap_sigma.
+"""
+import functools
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from checkpoints import CheckpointError, Checkpoints
+from config import ConfigError
+from distribution import distribute, is_chief, run_on_replicas
+from model import batch_mean
+from pose_model import (MAX_WITHIN_PIXELS, build_hand_estimator, heatmap_joints, heatmap_loss, joint_distances,
+                        joint_heatmaps, share_within_pixels)
+from training_loop import TrainingLoop, make_optimizer, minimize
+from utils import atomic_write, denormalize, img_tile, save_image
+
+EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
+MARKED_PIXELS = 5  # the paper's table gives the share within 5 pixels
+DEFAULTS = {"estimator_filters": 256, "estimator_depth": 3, "estimator_stacks": 2, "heatmap_sigma": 1.0}
+
+
+def option(config, name):
+    """A hand estimator flag, or its default while config.py does not define it."""
+    return getattr(config, name, DEFAULTS[name])
+
+
+def run_hand_estimation(config, paths, sets, strategy=None):
+    """Train the hand estimator on sets' training images and evaluate it on the real ones, or only evaluate it."""
+    trainer = HandEstimatorTrainer(config, paths, sets, strategy)
+    return trainer.train() if config.is_train else trainer.evaluate()
+
+
+class HandEstimatorTrainer:
+    """Owns the hand estimator, its optimizer, the epoch counter and the run's checkpoints."""
+
+    def __init__(self, config, paths, sets, strategy=None):
+        self.config, self.paths, self.sets = config, paths, sets
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = is_chief(self.strategy)
+        self.input_shape = tuple(sets.input_shape)
+        with self.strategy.scope():
+            self.estimator = build_hand_estimator(
+                self.input_shape, num_joints=sets.test_joints.shape[1], stacks=option(config, "estimator_stacks"),
+                filters=option(config, "estimator_filters"), depth=option(config, "estimator_depth"))
+            self.optimizer = make_optimizer(config, self.strategy.num_replicas_in_sync)
+            self.optimizer.build(self.estimator.trainable_variables)
+        self.heatmap_shape = tuple(self.estimator.output.shape[2:4])  # (H/4, W/4)
+        # What the weights were trained on lives with them, so evaluating again needs no training set.
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.trained_on_refined = tf.Variable(False, trainable=False, name="trained_on_refined")
+        state = tf.train.Checkpoint(estimator=self.estimator, optimizer=self.optimizer, epoch=self.epoch,
+                                    trained_on_refined=self.trained_on_refined)
+        self.checkpoints = Checkpoints(state, paths.model_dir, max_to_keep=1, every_secs=config.checkpoint_secs,
+                                       chief=self.chief)
+        replica_step = tf.function(self._train_step, jit_compile=config.jit_compile)
+        self.compiled_step = tf.function(functools.partial(run_on_replicas, self.strategy, replica_step))
+        # Any batch size, one trace: evaluation's last batch is smaller than the rest.
+        self.predict_joints = tf.function(
+            lambda images: heatmap_joints(self.estimator(images, training=False), self.input_shape),
+            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)])
+
+    def train_step(self, images, joints):
+        """One step on a global batch: {"estimator/loss", "estimator/joint_error"} over that batch."""
+        return self.compiled_step(distribute(self.strategy, (images, joints)))
+
+    def _train_step(self, batch):
+        """Per replica: one step on the heatmap loss of every stack; the loss and mean joint error (pixels), shares."""
+        images, joints = batch
+        targets = joint_heatmaps(joints, self.heatmap_shape, self.input_shape, option(self.config, "heatmap_sigma"))
+        with tf.GradientTape() as tape:
+            predicted = self.estimator(images, training=True)                  # (batch, stacks, H/4, W/4, joints)
+            loss = heatmap_loss(predicted, targets, self.config.batch_size)
+        minimize(self.optimizer, tape, loss, self.estimator.trainable_variables)
+        distances = joint_distances(heatmap_joints(predicted, self.input_shape), joints)  # (batch, joints)
+        error = batch_mean(tf.reduce_mean(distances, axis=1), self.config.batch_size)
+        return {"estimator/loss": loss, "estimator/joint_error": error}
+
+    # ---- training ----
+
+    def train(self):
+        """Train to --num_epochs (resuming the run's latest checkpoint), then evaluate the weights on the real images."""
+        self._restore()
+        if int(self.epoch.numpy()) < self.config.num_epochs:
+            writer = tf.summary.create_file_writer(self.paths.model_dir) if self.chief else tf.summary.create_noop_writer()
+            with writer.as_default(), TrainingLoop(self.config, self.checkpoints, self.strategy) as loop:
+                finished = self._train_epochs(loop)
+            writer.flush()
+            self.checkpoints.save(int(self.optimizer.iterations.numpy()))
+            self.checkpoints.close()
+            if not finished:
+                print(f"[*] Stopped; resume with --load_path={self.paths.model_name}")
+                return None
+        return self.evaluate() if self.chief else None
+
+    def _restore(self):
+        """Resume the run folder's training state, if it has one, on the same kind of images."""
+        latest = self.checkpoints.restore_latest()
+        refined = bool(self.sets.refined)
+        if latest is not None:
+            if bool(self.trained_on_refined.numpy()) != refined:
+                raise CheckpointError(f"{latest} was trained on {_kind(not refined)} images; resuming it on "
+                                      f"{_kind(refined)} ones would mix both: pass another --load_path")
+            tqdm.write(f"[*] Restored {latest}: epoch {int(self.epoch.numpy())}, "
+                       f"step {int(self.optimizer.iterations.numpy())}")
+        self.trained_on_refined.assign(refined)
+
+    def _steps_per_epoch(self):
+        count = len(self.sets.training_images)
+        if count < self.config.batch_size:
+            raise ConfigError(f"--batch_size={self.config.batch_size}: the hand training set holds {count} images")
+        return count // self.config.batch_size
+
+    def _training_batches(self, seed):
+        """(images, joints), shuffled with seed and reshuffled every epoch, repeated, fixed-size batches."""
+        dataset = tf.data.Dataset.from_tensor_slices((self.sets.training_images,
+                                                      np.asarray(self.sets.training_joints, np.float32)))
+        dataset = dataset.shuffle(len(self.sets.training_images), seed=seed, reshuffle_each_iteration=True)
+        return dataset.repeat().batch(self.config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def _train_epochs(self, loop):
+        """Epochs up to --num_epochs; False when a stop was requested."""
+        steps_per_epoch = self._steps_per_epoch()
+        seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
+        batches = iter(self._training_batches(seed))
+        while int(self.epoch.numpy()) < self.config.num_epochs:
+            epoch = int(self.epoch.numpy())
+            done = min(max(int(self.optimizer.iterations.numpy()) - epoch * steps_per_epoch, 0), steps_per_epoch)
+            losses = []
+            for _ in tqdm(range(done, steps_per_epoch), desc=f"Train hand estimator, epoch {epoch + 1}",
+                          initial=done, total=steps_per_epoch):
+                images, joints = next(batches)
+                if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
+                    self._write_training_images(images)
+                values = self.train_step(images, joints)
+                step = int(self.optimizer.iterations.numpy())
+                loop.log(values, step)
+                losses.append(float(values["estimator/joint_error"]))
+                if not loop.resumable(step):
+                    return False
+            self.epoch.assign_add(1)
+            tqdm.write(f"[*] Epoch {epoch + 1}/{self.config.num_epochs}: mean training joint error "
+                       f"{np.mean(losses) if losses else float('nan'):.2f} pixels")
+            self.checkpoints.save(int(self.optimizer.iterations.numpy()))
+        return True
+
+    def _write_training_images(self, images):
+        """What the estimator's first step receives (synthetic or refined), as a grid and an image summary."""
+        pixels = denormalize(images)
+        tf.summary.image("estimator/training_images", pixels, step=0, max_outputs=self.config.max_image_summary)
+        rows, cols = self.config.sample_image_grid
+        save_image(img_tile(pixels, rows, cols), os.path.join(self.paths.sample_dir, "training_images.png"))
+
+    # ---- evaluation on the real images ----
+
+    def evaluate(self):
+        """The share of real test joints within 0..20 pixels, and the mean error: table, TensorBoard, JSON."""
+        latest = self.checkpoints.restore_latest()
+        if latest is None:
+            raise CheckpointError(f"no hand estimator checkpoint in {self.paths.model_dir}: train one first "
+                                  f"(python main.py --task=estimation --data_set=hand) or pass the --load_path of one")
+        count = len(self.sets.test_images)
+        batches = tf.data.Dataset.from_tensor_slices(self.sets.test_images).batch(self.config.batch_size)
+        predicted = np.concatenate([self.predict_joints(images).numpy() for images in
+                                    tqdm(batches, total=-(-count // self.config.batch_size),
+                                         desc="Evaluate on real images")])
+        distances = joint_distances(predicted, self.sets.test_joints).numpy()   # (N, joints)
+        within = share_within_pixels(distances).numpy()
+        results = {
+            "model": self.paths.model_name, "checkpoint": latest,
+            "trained_on": _kind(bool(self.trained_on_refined.numpy())),
+            "epoch": int(self.epoch.numpy()), "step": int(self.optimizer.iterations.numpy()),
+            "real_images": count, "joints": int(distances.shape[1]),
+            "mean_joint_error": float(np.mean(distances)), "median_joint_error": float(np.median(distances)),
+            "share_within_pixels": {str(pixels): float(share) for pixels, share in enumerate(within)},
+        }
+        table = evaluation_table([results])
+        print(table)
+        self._write_evaluation_summaries(results, within, table)
+        path = os.path.join(self.paths.model_dir, EVALUATION_FILE)
+        atomic_write(path, lambda handle: handle.write(json.dumps(results, indent=4).encode()))
+        print(f"[*] Wrote {path}")
+        return results
+
+    def _write_evaluation_summaries(self, results, within, table):
+        step = results["step"]  # the step of the weights evaluated, in training and evaluation mode alike
+        with tf.summary.create_file_writer(self.paths.model_dir).as_default() as writer:
+            tf.summary.scalar("real/joint_error", results["mean_joint_error"], step=step)
+            tf.summary.scalar(f"real/within_{MARKED_PIXELS}_pixels", within[MARKED_PIXELS], step=step)
+            for pixels, share in enumerate(within):  # the paper's plot: x-axis pixels, not steps
+                tf.summary.scalar("real/share_within_pixels", share, step=pixels)
+            tf.summary.text("real/evaluation", f"<pre>{table}</pre>", step=step)
+            writer.flush()
+
+
+def _kind(refined):
+    return "refined" if refined else "synthetic"
+
+
+def evaluation_table(runs):
+    """One row per run (its evaluation results): the share of real joints within d pixels, d = 0..20, in %.
+
+    The paper's table gives d = 5; that column is bracketed.
+    """
+    name_width = max(len("model"), *(len(run["model"]) for run in runs))
+    def cell(pixels, text):
+        return f"[{text:>5}]" if pixels == MARKED_PIXELS else f" {text:>5} "
+    header = (f"    {'model':<{name_width}}  trained on" + "".join(cell(d, f"{d}px") for d in range(MAX_WITHIN_PIXELS + 1))
+              + "  mean error")
+    lines = [f"[*] Share of the real test joints within d pixels (%), {runs[0]['real_images']} images, "
+             f"{runs[0]['joints']} joints each; [{MARKED_PIXELS}px]: the paper's table", header]
+    for run in runs:
+        shares = "".join(cell(d, f"{100 * run['share_within_pixels'][str(d)]:.1f}")
+                         for d in range(MAX_WITHIN_PIXELS + 1))
+        lines.append(f"    {run['model']:<{name_width}}  {run['trained_on']:<10}{shares}  "
+                     f"{run['mean_joint_error']:7.2f}px")
+    return "\n".join(lines)
