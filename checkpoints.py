@@ -102,8 +102,8 @@ def find_refiner_checkpoint(refiner_path, log_dir, flag="refiner_path"):
                           f"train a generative model first")
 
 
-def load_refiner(checkpoint_path, image_shape):
+def load_refiner(checkpoint_path, image_shape, data_set="gaze"):
     """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
-    refiner = build_refiner(image_shape)
+    refiner = build_refiner(image_shape, data_set)
     restore_checkpoint(tf.train.Checkpoint(refiner=refiner), checkpoint_path)
     return refiner

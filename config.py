@@ -17,6 +17,15 @@ MIN_ESTIMATOR_STEPS = 200     # fewer optimizer steps than this over --num_epoch
 GOOD_ESTIMATOR_STEPS = 300    # what the suggested --batch_size gives at least
 
 
+# Flags whose default depends on --data_set (the paper's appendix: the hand networks take 224x224
+# depth crops and pre-train the refiner for 500 steps). A value given on the command line always wins.
+DATA_SET_DEFAULTS = {
+    "gaze": {"input_height": 35, "input_width": 55, "initial_K_g": 1000, "batch_size": 512, "buffer_size": 25600},
+    # 224x224 images: a batch of 32 keeps the refiner's activations near 17 GB, the buffer at 640 MB.
+    "hand": {"input_height": 224, "input_width": 224, "initial_K_g": 500, "batch_size": 32, "buffer_size": 3200},
+}
+
+
 class ConfigError(ValueError):
     """A flag value that cannot work; str(e) names the flag and the value."""
 
@@ -58,10 +67,11 @@ def _build_parser():
     net.add_argument("--channel_dims", type=int_list, default=[], help="unused, kept for the original's command lines")
 
     data = parser.add_argument_group("Data")
-    data.add_argument("--data_set", default="gaze", choices=["gaze"], help="data set: gaze (UnityEyes + MPIIGaze)")
+    data.add_argument("--data_set", default="gaze", choices=["gaze", "hand"],
+                      help="gaze: UnityEyes -> MPIIGaze eyes; hand: NYU hand depth, synthetic -> Kinect")
     data.add_argument("--data_dir", default="data", help="root of the data sets; gaze data lives in DATA_DIR/gaze")
-    data.add_argument("--input_height", type=int, default=35, help="network input height; images are resized to it")
-    data.add_argument("--input_width", type=int, default=55, help="network input width; images are resized to it")
+    data.add_argument("--input_height", type=int, help="network input height; images are resized to it (gaze 35, hand 224)")
+    data.add_argument("--input_width", type=int, help="network input width; images are resized to it (gaze 55, hand 224)")
     data.add_argument("--input_channel", type=int, default=1, help="network input channels (1: grayscale)")
     data.add_argument("--max_synthetic_num", type=int, default=-1, help="preprocess at most this many UnityEyes frames (-1: all)")
     data.add_argument("--real_image_dir", default="MPIIGaze", help="real images, under DATA_DIR/gaze")
@@ -74,12 +84,12 @@ def _build_parser():
                             "(--task=estimation: evaluate the estimator at --load_path on the real images)")
     train.add_argument("--max_step", type=int, default=10000, help="adversarial iterations after pre-training")
     train.add_argument("--reg_scale", type=float, default=0.5, help="lambda: weight of the self-regularization (L1) loss")
-    train.add_argument("--initial_K_g", type=int, default=1000, help="refiner pre-training steps (self-regularization only)")
+    train.add_argument("--initial_K_g", type=int, help="refiner pre-training steps, self-regularization only (gaze 1000, hand 500)")
     train.add_argument("--initial_K_d", type=int, default=200, help="discriminator pre-training steps")
     train.add_argument("--K_g", type=int, default=2, help="refiner steps per adversarial iteration")
     train.add_argument("--K_d", type=int, default=1, help="discriminator steps per adversarial iteration")
-    train.add_argument("--batch_size", type=int, default=512, help="images per batch (even: the discriminator takes half refined, half history)")
-    train.add_argument("--buffer_size", type=int, default=25600, help="refined images kept in the history buffer")
+    train.add_argument("--batch_size", type=int, help="images per batch, even: the discriminator takes half refined, half history (gaze 512, hand 32)")
+    train.add_argument("--buffer_size", type=int, help="refined images kept in the history buffer (gaze 25600, hand 3200)")
     train.add_argument("--num_epochs", type=int, default=12, help="unused by the GAN loop; the estimator's epoch cap")
     train.add_argument("--validation_share", type=float, default=0.1,
                        help="estimator: share of the synthetic files held out to decide when to stop")
@@ -116,7 +126,11 @@ def _build_parser():
 
 def get_config(argv=None):
     """Parse the command line (sys.argv when argv is None); unknown flags are an error."""
-    return _build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    config = _build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    for flag, default in DATA_SET_DEFAULTS[config.data_set].items():
+        if getattr(config, flag) is None:
+            setattr(config, flag, default)
+    return config
 
 
 def image_shape(config):
@@ -157,7 +171,7 @@ def check_config(config):
     require(0 < config.validation_share < 1, "validation_share", "must be between 0 and 1")
     require(not config.refiner_path or config.task == "estimation", "refiner_path",
             "refines the estimator's training images: use it with --task=estimation")
-    if config.task == "estimation":
+    if config.task == "estimation" and config.data_set == "gaze":
         for flag in ("input_height", "input_width"):
             require(getattr(config, flag) >= MIN_ESTIMATOR_INPUT, flag,
                     f"the estimator's unpadded convolutions need at least {MIN_ESTIMATOR_INPUT}")
@@ -177,7 +191,7 @@ def check_config_against_replicas(config, replicas):
 def check_config_against_data(config, data):
     """The checks that need the data (its counts, nothing else): ConfigError before any network is built."""
     rows, cols = config.sample_image_grid
-    num_synthetic = len(data.synthetic_paths)
+    num_synthetic = data.num_synthetic
     if config.is_train and config.task == "generative" and rows * cols > num_synthetic:
         raise ConfigError(f"--sample_image_grid={rows},{cols}: needs {rows * cols} test images but the "
                           f"synthetic set has {num_synthetic}")

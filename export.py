@@ -13,7 +13,6 @@ import keras
 import tensorflow as tf
 
 from checkpoints import CheckpointError, find_refiner_checkpoint, load_refiner
-from model import build_refiner
 from utils import atomic_write
 
 KERAS_FILE = "refiner.keras"
@@ -23,12 +22,10 @@ SIGNATURE_INPUT, SIGNATURE_OUTPUT = "images", "refined"
 
 def float32_refiner(refiner):
     """A copy of refiner whose layers compute in float32 (its weights are float32 in every policy)."""
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        copy = build_refiner(refiner.input_shape[1:])
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
+    def float32_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(refiner, clone_function=float32_layer)
     copy.set_weights(refiner.get_weights())
     return copy
 
@@ -75,7 +72,7 @@ def is_export(path):
     return str(path).endswith(".keras") or os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def load_any_refiner(source, log_dir, image_shape, flag):
+def load_any_refiner(source, log_dir, image_shape, flag, data_set="gaze"):
     """A refiner callable refine(images) -> refined images, from a .keras file, a SavedModel or a run.
 
     source: a .keras file, a SavedModel folder, or a generative run (name under log_dir or path);
@@ -83,7 +80,7 @@ def load_any_refiner(source, log_dir, image_shape, flag):
     """
     if not is_export(source):
         checkpoint = find_refiner_checkpoint(source, log_dir, flag)
-        refiner = load_refiner(checkpoint, image_shape)
+        refiner = load_refiner(checkpoint, image_shape, data_set)
         return (lambda images: refiner(images, training=False)), checkpoint
     if not os.path.exists(source):
         raise CheckpointError(f"--{flag}={source}: no such file")

@@ -15,7 +15,9 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import CheckpointError  # noqa: E402
 from config import (ConfigError, check_config, check_config_against_data, check_config_against_replicas,  # noqa: E402
                     get_config)
-from data.gaze_data import load_gaze_data, write_real_samples  # noqa: E402
+from data.gaze_data import load_gaze_data
+from data.hand_data import load_hand_data
+from data.image_folder import write_real_samples  # noqa: E402
 from data.reports import DataError  # noqa: E402
 from distribution import (configure_devices, configure_precision, describe, is_chief, make_strategy,  # noqa: E402
                           planned_replicas)
@@ -47,7 +49,7 @@ def run(config):
     paths = run_paths(config)
     make_run_folders(config, paths, chief)
     set_seeds(config.random_seed)
-    data = load_gaze_data(config)
+    data = load_hand_data(config) if config.data_set == "hand" else load_gaze_data(config)
     check_config_against_data(config, data)  # the last check: no network exists yet
     if config.is_train:
         print(describe(strategy, precision))

@@ -9,18 +9,28 @@ REAL_LABEL = 1
 FAKE_LABEL = 0
 
 
-def build_refiner(input_shape, filters=64, num_blocks=4):
-    """ResNet refiner: no striding or pooling, so every pixel keeps its place (and its label)."""
+# The paper's appendix: the eye networks for 35x55 gaze crops, the hand networks for 224x224 depth crops.
+REFINER_DESIGNS = {"gaze": dict(kernel_size=3, num_blocks=4), "hand": dict(kernel_size=7, num_blocks=10)}
+
+
+def build_refiner(input_shape, data_set="gaze", filters=64):
+    """ResNet refiner: no striding or pooling, so every pixel keeps its place (and its label).
+
+    gaze: a 3x3 convolution, 4 ResNet blocks of 3x3 convolutions; hand: 7x7 and 10 blocks of 7x7.
+    """
+    design = REFINER_DESIGNS[data_set]
     synthetic = keras.Input(input_shape, name="synthetic")
-    hidden = conv2d(filters, 3, name="conv_in")(synthetic)              # (batch, H, W, 64)
-    for index in range(num_blocks):
-        hidden = resnet_block(hidden, filters, name=f"block{index}")  # (batch, H, W, 64)
+    hidden = conv2d(filters, design["kernel_size"], name="conv_in")(synthetic)  # (batch, H, W, 64)
+    for index in range(design["num_blocks"]):
+        hidden = resnet_block(hidden, filters, f"block{index}", design["kernel_size"])  # (batch, H, W, 64)
     refined = conv2d(input_shape[-1], 1, activation="tanh", name="conv_out")(hidden)
     return keras.Model(synthetic, refined, name="refiner")             # (batch, H, W, C) in [-1, 1]
 
 
-def build_discriminator(input_shape):
+def build_discriminator(input_shape, data_set="gaze"):
     """Local-patch discriminator: each output position judges one receptive field."""
+    if data_set == "hand":
+        return _build_hand_discriminator(input_shape)
     images = keras.Input(input_shape, name="images")
     hidden = conv2d(96, 3, strides=2, name="conv1")(images)           # (batch, 18, 28, 96) for 35x55
     hidden = conv2d(64, 3, strides=2, name="conv2")(hidden)           # (batch, 9, 14, 64)
@@ -28,6 +38,18 @@ def build_discriminator(input_shape):
     hidden = conv2d(32, 3, name="conv3")(hidden)
     hidden = conv2d(32, 1, name="conv4")(hidden)
     logits = conv2d(2, 1, activation=None, name="logits")(hidden)      # (batch, 7, 12, 2) patch logits
+    return keras.Model(images, logits, name="discriminator")
+
+
+def _build_hand_discriminator(input_shape):
+    """The paper's hand discriminator: 7x7/4 (96), 5x5/2 (64), max-pool 3x3/2, 3x3/2 (32), 1x1 (32), 1x1 (2)."""
+    images = keras.Input(input_shape, name="images")
+    hidden = conv2d(96, 7, strides=4, name="conv1")(images)           # (batch, 56, 56, 96) for 224x224
+    hidden = conv2d(64, 5, strides=2, name="conv2")(hidden)           # (batch, 28, 28, 64)
+    hidden = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool")(hidden)  # (batch, 14, 14, 64)
+    hidden = conv2d(32, 3, strides=2, name="conv3")(hidden)           # (batch, 7, 7, 32)
+    hidden = conv2d(32, 1, name="conv4")(hidden)
+    logits = conv2d(2, 1, activation=None, name="logits")(hidden)      # (batch, 7, 7, 2) patch logits
     return keras.Model(images, logits, name="discriminator")
 
 

@@ -1,19 +1,22 @@
 """Test mode: refine every image of a folder with a trained refiner (`--is_train=False`).
 
 The folder holds UnityEyes frames (their crops are refined) or any eye images (PNG or JPEG, colour
-or grey: each is refined as it is). The refiner is a run's (built alone and restored from its latest
+or grey: each is refined as it is); with `--data_set=hand`, every synthetic hand crop of the NYU
+training split is refined, named by its frame. The refiner is a run's (built alone and restored from its latest
 checkpoint: no discriminator, optimizers or history buffer) or an export (`.keras` or SavedModel).
 """
 import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from checkpoints import CheckpointError, load_refiner
 from config import image_shape
-from data.pipelines import synthetic_dataset
+from data import nyu
+from data.pipelines import named_images_dataset, synthetic_dataset
 from export import is_export, load_any_refiner
 from utils import OutputError, denormalize, save_image
 
@@ -30,30 +33,39 @@ def refine_folder(config, paths, data):
 
     Images already refined (a run interrupted earlier) are left as they are and not refined again.
     """
-    if os.path.realpath(paths.output_dir) == os.path.realpath(data.synthetic_dir):
+    input_folder = data.folder if config.data_set == "hand" else data.synthetic_dir
+    if os.path.realpath(paths.output_dir) == os.path.realpath(input_folder):
         raise OutputError(f"--output_dir would write into the input folder {paths.output_dir}")
     shape = image_shape(config)
     refine = _load(config, paths, shape)
-    targets = {path: os.path.join(paths.output_dir, refined_name(path)) for path in data.synthetic_paths}
-    remaining = [path for path, target in targets.items() if not os.path.exists(target)]
+    if config.data_set == "hand":  # crops in memory, named by their NYU frame
+        names = [nyu.synthetic_depth_name(frame) for frame in data.synthetic.frames]
+    else:
+        names = data.synthetic_paths
+    targets = {name: os.path.join(paths.output_dir, refined_name(name)) for name in names}
+    remaining = [name for name, target in targets.items() if not os.path.exists(target)]
     if len(remaining) < len(targets):
         print(f"[*] {len(targets) - len(remaining)} images already refined in {paths.output_dir}; refining the rest")
     # Any batch size, one trace: the last batch is smaller than the rest.
     refine = tf.function(refine, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
-    batches = synthetic_dataset(remaining, shape, config.batch_size, 0, training=False)
+    if config.data_set == "hand":
+        kept = np.isin(names, remaining)
+        batches = named_images_dataset(data.synthetic.images[kept], np.array(names)[kept], shape, config.batch_size)
+    else:
+        batches = synthetic_dataset(remaining, shape, config.batch_size, 0, training=False)
     _write_refined(batches, refine, targets, -(-len(remaining) // config.batch_size), config.batch_size)
 
 
 def _load(config, paths, shape):
     """refine(images) of the export at --load_path, or of the latest checkpoint of the run's folder."""
     if is_export(config.load_path):
-        refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path")
+        refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path", config.data_set)
         tqdm.write(f"[*] Loaded the refiner {loaded}")
         return refine
     latest = tf.train.latest_checkpoint(paths.model_dir)
     if latest is None:
         raise CheckpointError(f"no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
-    refiner = load_refiner(latest, shape)
+    refiner = load_refiner(latest, shape, config.data_set)
     tqdm.write(f"[*] Restored the refiner of {latest}")
     return lambda images: refiner(images, training=False)
 

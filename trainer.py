@@ -14,7 +14,6 @@ from tqdm import tqdm
 from checkpoints import Checkpoints
 from config import image_shape
 from data.history_buffer import HistoryBuffer
-from data.pipelines import real_dataset, synthetic_dataset
 from export import RefinerExporter
 from distribution import distribute, is_chief, run_on_replicas
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
@@ -43,8 +42,8 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         self.image_shape = image_shape(config)
         with self.strategy.scope():  # the networks and optimizers live on every replica
-            self.refiner = build_refiner(self.image_shape)
-            self.discriminator = build_discriminator(self.image_shape)
+            self.refiner = build_refiner(self.image_shape, config.data_set)
+            self.discriminator = build_discriminator(self.image_shape, config.data_set)
             self.refiner_optimizer = make_optimizer(config, replicas)
             self.discriminator_optimizer = make_optimizer(config, replicas)
             # Optimizer slots must exist before a restore can fill them.
@@ -105,7 +104,7 @@ class Trainer:
         """Make refined images look real to the discriminator while staying close to the synthetic ones."""
         def losses(chunk):
             refined = self.refiner(chunk, training=True)
-            refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2)
+            refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2) gaze, (chunk, 7, 7, 2) hand
             return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale,
                                   self.config.batch_size), refined
 
@@ -162,9 +161,10 @@ class Trainer:
         self.restore()
         seed = self.config.random_seed + self.global_step  # a resumed run continues with fresh batches
         shape, batch = self.image_shape, self.config.batch_size
-        self.synthetic_batches = iter(synthetic_dataset(self.data.synthetic_paths, shape, batch, seed))
-        self.real_batches = iter(real_dataset(self.data.real_images, shape, batch, seed))
-        self.test_images = self._load_test_images()
+        self.synthetic_batches = iter(self.data.synthetic_batches(shape, batch, seed))
+        self.real_batches = iter(self.data.real_batches(shape, batch, seed))
+        rows, cols = self.config.sample_image_grid  # fixed images: every sample grid is comparable
+        self.test_images = self.data.test_images(shape, rows * cols)
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
         loop = TrainingLoop(self.config, self.checkpoints, self.strategy)
@@ -236,13 +236,6 @@ class Trainer:
             self.history_buffer.push(self.refine(next(self.synthetic_batches)))
 
     # ---- summaries, samples, checkpoints ----
-
-    def _load_test_images(self):
-        """The fixed synthetic images whose refinements make every sample grid comparable."""
-        rows, cols = self.config.sample_image_grid
-        paths = self.data.synthetic_paths[: rows * cols]
-        images, _ = next(iter(synthetic_dataset(paths, self.image_shape, len(paths), 0, training=False)))
-        return images
 
     def _write_samples(self, refiner_step):
         """The test images refined now: an image summary and SAMPLE_DIR/NAME/{refiner_step}.png.

@@ -17,12 +17,11 @@ from data import mpiigaze, unityeyes
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, split_by_file
 from data.image_folder import is_image, is_plain_image_folder, readable_images
-from data.pipelines import labelled_dataset, load_crops
+from data.pipelines import labelled_dataset, load_crops, real_dataset, synthetic_dataset
 from data.reports import DataError, report_skipped, summary
 from data.sample_data import write_sample
-from utils import OutputError, save_image
+from utils import OutputError
 
-NUM_REAL_SAMPLES = 100
 SAMPLE_GAZE_DIR = Path(__file__).resolve().parent / "sample" / "gaze"  # the bundled sample, apart from real data
 DEFAULT_FOLDERS = {"data_dir": "data", "synthetic_image_dir": "UnityEyes", "real_image_dir": "MPIIGaze"}
 LOAD_BATCH = 128  # crops loaded (and refined) at once: bounds the refiner's activations in memory
@@ -48,6 +47,27 @@ class GazeData:
     real_gaze: np.ndarray        # (N, 3) float32, MPIIGaze's camera frame
     real_right_eye: np.ndarray   # (N,) bool: which real images are right eyes
     split: EstimationSplit = None  # training the estimator only
+
+    @property
+    def folder(self):
+        return self.gaze_dir
+
+    @property
+    def num_synthetic(self):
+        return len(self.synthetic_paths)
+
+    def synthetic_batches(self, input_shape, batch_size, seed):
+        """Synthetic crops in [-1, 1]: shuffled with seed, reshuffled each epoch, fixed-size batches."""
+        return synthetic_dataset(self.synthetic_paths, input_shape, batch_size, seed)
+
+    def real_batches(self, input_shape, batch_size, seed):
+        """Real eyes in [-1, 1], as synthetic_batches."""
+        return real_dataset(self.real_images, input_shape, batch_size, seed)
+
+    def test_images(self, input_shape, count):
+        """The first `count` synthetic crops in [-1, 1]: the sample grids' fixed inputs."""
+        images, _ = next(iter(synthetic_dataset(self.synthetic_paths[:count], input_shape, count, 0, training=False)))
+        return images
 
 
 def load_gaze_data(config, download=True):
@@ -169,21 +189,6 @@ def _load_real(gaze_dir, real_dir, download):
     except OSError as error:
         print(f"[!] Cannot cache the real images ({error}); they will be read again next run")
     return images, gaze, right_eye
-
-
-def write_real_samples(data, sample_dir, seed):
-    """100 random real images as DATA_DIR/gaze/SAMPLE_DIR/real_{i}.png, once, to see what the refiner aims for."""
-    folder = os.path.join(data.gaze_dir, sample_dir)
-    if os.path.exists(os.path.join(folder, "real_0.png")):
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create folder {folder}: {error.strerror}") from None
-    count = min(NUM_REAL_SAMPLES, len(data.real_images))
-    chosen = np.random.default_rng(seed).choice(len(data.real_images), count, replace=False)
-    for i, index in reversed(list(enumerate(chosen))):  # real_0 last: it marks the set complete
-        save_image(data.real_images[index], os.path.join(folder, f"real_{i}.png"))
 
 
 # ---- what the estimator trains and is tested on ----

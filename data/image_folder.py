@@ -1,17 +1,21 @@
-"""Folders of plain eye images (PNG or JPEG, any names, no UnityEyes JSON), for test mode to refine.
+"""Folders of plain images: eye images (PNG or JPEG, any names, no UnityEyes JSON) for test mode to
+refine, and the real samples a training run writes to show what its refiner aims for.
 
 Every image is read once here to make sure it decodes: a file that does not is skipped and counted,
 never a failure halfway through the refining.
 """
 import os
 
+import numpy as np
 from PIL import Image
 
 from data.unityeyes import natural_key
+from utils import OutputError, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 UNREADABLE = "truncated or unreadable image"
 SAME_NAME = "same name as another image, which is refined instead"
+NUM_REAL_SAMPLES = 100
 
 
 def is_image(name):
@@ -46,3 +50,18 @@ def readable_images(directory):
         stems.add(stem)
         paths.append(path)
     return paths, skipped
+
+
+def write_real_samples(data, sample_dir, seed):
+    """100 random real images of either data set as its folder/SAMPLE_DIR/real_{i}.png, once: what the refiner aims for."""
+    folder = os.path.join(data.folder, sample_dir)
+    if os.path.exists(os.path.join(folder, "real_0.png")):
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create folder {folder}: {error.strerror}") from None
+    count = min(NUM_REAL_SAMPLES, len(data.real_images))
+    chosen = np.random.default_rng(seed).choice(len(data.real_images), count, replace=False)
+    for i, index in reversed(list(enumerate(chosen))):  # real_0 last: it marks the set complete
+        save_image(data.real_images[index], os.path.join(folder, f"real_{i}.png"))

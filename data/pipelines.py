@@ -67,6 +67,13 @@ def real_dataset(real_images, input_shape, batch_size, seed):
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def named_images_dataset(images, names, input_shape, batch_size):
+    """uint8 images in memory with their names -> (images in [-1, 1], names) batches, in order, once."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, tf.constant(list(names), tf.string))).batch(batch_size)
+    return dataset.map(lambda batch, batch_names: (to_network_input(batch, input_shape), batch_names),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def load_crops(paths, input_shape, batch_size, refine=None, desc="Load synthetic images"):
     """Every crop once, in order, as uint8 (N, H, W, C) at the network's input size; refined first if refine.
 

@@ -106,7 +106,7 @@ def data_counts(num_synthetic, num_training=None, num_validation=None):
     """What check_config_against_data reads of the data: its counts."""
     split = None if num_training is None else types.SimpleNamespace(
         training_paths=[""] * num_training, validation_paths=[""] * num_validation)
-    return types.SimpleNamespace(synthetic_paths=[""] * num_synthetic, split=split)
+    return types.SimpleNamespace(num_synthetic=num_synthetic, split=split)
 
 
 def test_a_sample_grid_larger_than_the_synthetic_set_is_caught():

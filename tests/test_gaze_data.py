@@ -13,7 +13,8 @@ from PIL import Image
 
 from config import get_config
 from data import download, gaze_data, mpiigaze
-from data.gaze_data import load_gaze_data, write_real_samples
+from data.gaze_data import load_gaze_data
+from data.image_folder import write_real_samples
 from data.gaze_labels import read_look_vec
 from data.pipelines import labelled_dataset, real_dataset, synthetic_dataset
 from data.reports import DataError
