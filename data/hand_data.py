@@ -207,11 +207,12 @@ def crop_hand(depth, uvd, size):
     """(uint8 crop of size (H, W), the evaluation joints' (u, v) in crop pixels) of one depth frame in mm.
 
     Nearest-neighbour sampling: interpolating depth would invent surfaces between the hand and the wall.
+    Coordinates, as NYU's (u, v), put pixel centres at whole numbers, in the frame and in the crop.
     """
     centre_u, centre_v, side, centre_d = hand_box(uvd)
     height, width = size
-    rows = np.floor(centre_v - side / 2 + (np.arange(height) + 0.5) * side / height).astype(np.int64)
-    cols = np.floor(centre_u - side / 2 + (np.arange(width) + 0.5) * side / width).astype(np.int64)
+    rows = np.rint(centre_v - side / 2 + (np.arange(height) + 0.5) * side / height).astype(np.int64)
+    cols = np.rint(centre_u - side / 2 + (np.arange(width) + 0.5) * side / width).astype(np.int64)
     inside_rows = (rows >= 0) & (rows < depth.shape[0])
     inside_cols = (cols >= 0) & (cols < depth.shape[1])
     patch = np.zeros((height, width), np.float32)  # outside the frame: no depth, as a hole
@@ -223,4 +224,4 @@ def crop_hand(depth, uvd, size):
     joints = uvd[nyu.EVALUATION_JOINTS, :2]
     corner = np.array([centre_u - side / 2, centre_v - side / 2])
     scale = np.array([width / side, height / side])
-    return crop, ((joints - corner) * scale).astype(np.float32)
+    return crop, ((joints - corner) * scale - 0.5).astype(np.float32)

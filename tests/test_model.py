@@ -70,3 +70,16 @@ def test_discriminator_losses_label_fake_0_and_real_1():
     assert float(losses["synthetic_d_loss"]) == pytest.approx((unsure + sure) / 2, rel=1e-6)
     assert float(losses["discrim_loss_with_history"]) == pytest.approx(
         ((sure + unsure) + (unsure + sure)) / 2, rel=1e-4)
+
+
+def test_the_hand_networks_follow_the_papers_appendix():
+    refiner = build_refiner((224, 224, 1), "hand")
+    assert refiner.output.shape[1:] == (224, 224, 1)
+    assert refiner.get_layer("conv_in").kernel_size == (7, 7) and refiner.get_layer("block9_conv2").kernel_size == (7, 7)
+    # 7x7x1x64 + 64, then 20 convolutions 7x7x64x64 + 64, then 1x1x64x1 + 1.
+    assert refiner.count_params() == 3200 + 20 * 200768 + 65 == 4018625
+    discriminator = build_discriminator((224, 224, 1), "hand")
+    assert discriminator.output.shape[1:] == (7, 7, 2)  # the local patch map
+    assert [discriminator.get_layer(name).output.shape[1:3] for name in ("conv1", "conv2", "pool", "conv3")] == \
+        [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert discriminator.count_params() == 4800 + 153664 + 18464 + 1056 + 66 == 178050
