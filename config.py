@@ -91,6 +91,13 @@ def _build_parser():
     train.add_argument("--batch_size", type=int, help="images per batch, even: the discriminator takes half refined, half history (gaze 512, hand 32)")
     train.add_argument("--buffer_size", type=int, help="refined images kept in the history buffer (gaze 25600, hand 3200)")
     train.add_argument("--num_epochs", type=int, default=12, help="unused by the GAN loop; the estimator's epoch cap")
+    train.add_argument("--estimator_filters", type=int, default=256,
+                       help="hand estimator: channels of the hourglass residual modules (Newell et al.'s 256)")
+    train.add_argument("--estimator_depth", type=int, default=3,
+                       help="hand estimator: halvings in each hourglass; the input's sides must be multiples of 4 * 2**depth")
+    train.add_argument("--estimator_stacks", type=int, default=2, help="hand estimator: stacked hourglasses (the paper: 2)")
+    train.add_argument("--heatmap_sigma", type=float, default=1.0,
+                       help="hand estimator: standard deviation of the target Gaussians, in heatmap cells (4 input pixels)")
     train.add_argument("--validation_share", type=float, default=0.1,
                        help="estimator: share of the synthetic files held out to decide when to stop")
     train.add_argument("--random_seed", type=int, default=123, help="seeds numpy, TensorFlow and the data order")
@@ -175,6 +182,13 @@ def check_config(config):
         for flag in ("input_height", "input_width"):
             require(getattr(config, flag) >= MIN_ESTIMATOR_INPUT, flag,
                     f"the estimator's unpadded convolutions need at least {MIN_ESTIMATOR_INPUT}")
+    if config.task == "estimation" and config.data_set == "hand":
+        for flag in ("estimator_filters", "estimator_depth", "estimator_stacks", "heatmap_sigma"):
+            require(getattr(config, flag) > 0, flag, "must be positive")
+        multiple = 4 * 2 ** config.estimator_depth  # the heatmaps' stride 4, then each hourglass halving
+        for flag in ("input_height", "input_width"):
+            require(getattr(config, flag) % multiple == 0, flag,
+                    f"the hand estimator (--estimator_depth={config.estimator_depth}) needs a multiple of {multiple}")
 
 
 def check_config_against_replicas(config, replicas):
@@ -197,6 +211,8 @@ def check_config_against_data(config, data):
                           f"synthetic set has {num_synthetic}")
     if data.split is not None:
         _check_estimation_split(config, len(data.split.training_paths), len(data.split.validation_paths))
+    if config.is_train and config.task == "estimation" and config.data_set == "hand" and num_synthetic < config.batch_size:
+        raise ConfigError(f"--batch_size={config.batch_size}: the hand training set holds {num_synthetic} crops")
 
 
 def _check_estimation_split(config, num_training, num_validation):

@@ -19,8 +19,8 @@ from data.gaze_data import estimation_sets
 from export import load_any_refiner
 from distribution import distribute, is_chief, run_on_replicas
 from model import MAX_WITHIN_DEGREES, angular_error, batch_mean, build_estimator, euclidean_loss, share_within
-from training_loop import TrainingLoop, make_optimizer, minimize
-from utils import atomic_write, denormalize, img_tile, save_image
+from training_loop import TrainingLoop, make_optimizer, minimize, write_first_batch
+from utils import write_json
 
 EARLY_STOPPING_PATIENCE = 3  # epochs without a lower validation error before training stops
 EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
@@ -125,7 +125,7 @@ class EstimatorTrainer:
                       initial=done, total=steps_per_epoch):
             images, gaze = next(batches)
             if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
-                self._write_training_images(images)
+                write_first_batch(images, self.config, self.paths.sample_dir)
             losses = self.train_step(images, gaze)
             step = int(self.optimizer.iterations.numpy())
             loop.log(losses, step)
@@ -151,13 +151,6 @@ class EstimatorTrainer:
         tqdm.write(f"[*] Epoch {epoch}/{self.config.num_epochs}: validation error {error:.2f} degrees "
                    f"(best {float(self.best_error.numpy()):.2f}, epoch {int(self.best_epoch.numpy())})")
         self.checkpoints.save(step)
-
-    def _write_training_images(self, images):
-        """What the estimator's first step receives (synthetic or refined), as a grid and an image summary."""
-        pixels = denormalize(images)
-        tf.summary.image("estimator/training_images", pixels, step=0, max_outputs=self.config.max_image_summary)
-        rows, cols = self.config.sample_image_grid
-        save_image(img_tile(pixels, rows, cols), os.path.join(self.paths.sample_dir, "training_images.png"))
 
     def _errors(self, batches):
         """Angular errors (degrees) of every image of (images, gaze) batches: (N,) float64."""
@@ -195,7 +188,7 @@ class EstimatorTrainer:
         print(table)
         self._write_evaluation_summaries(results, within, table)
         path = os.path.join(self.paths.model_dir, EVALUATION_FILE)
-        atomic_write(path, lambda handle: handle.write(json.dumps(results, indent=4).encode()))
+        write_json(path, results)
         print(f"[*] Wrote {path}")
         return results
 

@@ -6,11 +6,10 @@ test images as the share of the 14 evaluation joints within d pixels, d = 0..20.
 validation split and no early stopping: the estimator trains --num_epochs epochs and the weights of
 the end are evaluated. `--is_train=False --load_path=NAME` evaluates a run's latest checkpoint again.
 
-Flags this task reads that config.py may not have yet (read with their defaults until it does):
---estimator_filters, --estimator_depth, --estimator_stacks, --heatmap_sigma.
+Distances are in pixels of a 224x224 crop, the paper's input, whatever --input_height/--input_width
+the run uses: a smaller run's distances are scaled up, so d means the same on every run.
 """
 import functools
-import json
 import os
 
 import numpy as np
@@ -18,26 +17,30 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from checkpoints import CheckpointError, Checkpoints
-from config import ConfigError
+from config import image_shape
+from data.hand_data import hand_estimation_sets
+from data.pipelines import labelled_dataset
 from distribution import distribute, is_chief, run_on_replicas
-from model import batch_mean
+from export import load_any_refiner
+from model import batch_mean, share_within
 from pose_model import (MAX_WITHIN_PIXELS, build_hand_estimator, heatmap_joints, heatmap_loss, joint_distances,
-                        joint_heatmaps, share_within_pixels)
-from training_loop import TrainingLoop, make_optimizer, minimize
-from utils import atomic_write, denormalize, img_tile, save_image
+                        joint_heatmaps)
+from training_loop import TrainingLoop, make_optimizer, minimize, write_first_batch
+from utils import write_json
 
 EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
 MARKED_PIXELS = 5  # the paper's table gives the share within 5 pixels
-DEFAULTS = {"estimator_filters": 256, "estimator_depth": 3, "estimator_stacks": 2, "heatmap_sigma": 1.0}
+PAPER_INPUT = 224  # distances are reported in pixels of a crop of this width
 
 
-def option(config, name):
-    """A hand estimator flag, or its default while config.py does not define it."""
-    return getattr(config, name, DEFAULTS[name])
-
-
-def run_hand_estimation(config, paths, sets, strategy=None):
-    """Train the hand estimator on sets' training images and evaluate it on the real ones, or only evaluate it."""
+def run_hand_estimation(config, paths, data, strategy=None):
+    """Train the hand estimator (on refined crops with --refiner_path) and evaluate it, or only evaluate it."""
+    shape = image_shape(config)
+    refiner = None
+    if config.is_train and config.refiner_path:
+        refiner, loaded = load_any_refiner(config.refiner_path, config.log_dir, shape, "refiner_path", "hand")
+        print(f"[*] Training on synthetic hand crops refined by {loaded} (refined once, kept in memory)")
+    sets = hand_estimation_sets(data, shape, config.batch_size, refiner)
     trainer = HandEstimatorTrainer(config, paths, sets, strategy)
     return trainer.train() if config.is_train else trainer.evaluate()
 
@@ -52,8 +55,8 @@ class HandEstimatorTrainer:
         self.input_shape = tuple(sets.input_shape)
         with self.strategy.scope():
             self.estimator = build_hand_estimator(
-                self.input_shape, num_joints=sets.test_joints.shape[1], stacks=option(config, "estimator_stacks"),
-                filters=option(config, "estimator_filters"), depth=option(config, "estimator_depth"))
+                self.input_shape, num_joints=sets.test_joints.shape[1], stacks=config.estimator_stacks,
+                filters=config.estimator_filters, depth=config.estimator_depth)
             self.optimizer = make_optimizer(config, self.strategy.num_replicas_in_sync)
             self.optimizer.build(self.estimator.trainable_variables)
         self.heatmap_shape = tuple(self.estimator.output.shape[2:4])  # (H/4, W/4)
@@ -66,10 +69,14 @@ class HandEstimatorTrainer:
                                        chief=self.chief)
         replica_step = tf.function(self._train_step, jit_compile=config.jit_compile)
         self.compiled_step = tf.function(functools.partial(run_on_replicas, self.strategy, replica_step))
-        # Any batch size, one trace: evaluation's last batch is smaller than the rest.
-        self.predict_joints = tf.function(
-            lambda images: heatmap_joints(self.estimator(images, training=False), self.input_shape),
-            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)])
+
+    def predict_joints(self, images):
+        """Joints (u, v) in input pixels the estimator finds in images: (batch, joints, 2).
+
+        Eager, not a tf.function: evaluation runs once, and tracing a graph of some 200 layers costs more
+        than the eager calls' overhead on a whole test set.
+        """
+        return heatmap_joints(self.estimator(images, training=False), self.input_shape)
 
     def train_step(self, images, joints):
         """One step on a global batch: {"estimator/loss", "estimator/joint_error"} over that batch."""
@@ -78,7 +85,7 @@ class HandEstimatorTrainer:
     def _train_step(self, batch):
         """Per replica: one step on the heatmap loss of every stack; the loss and mean joint error (pixels), shares."""
         images, joints = batch
-        targets = joint_heatmaps(joints, self.heatmap_shape, self.input_shape, option(self.config, "heatmap_sigma"))
+        targets = joint_heatmaps(joints, self.heatmap_shape, self.input_shape, self.config.heatmap_sigma)
         with tf.GradientTape() as tape:
             predicted = self.estimator(images, training=True)                  # (batch, stacks, H/4, W/4, joints)
             loss = heatmap_loss(predicted, targets, self.config.batch_size)
@@ -90,18 +97,20 @@ class HandEstimatorTrainer:
     # ---- training ----
 
     def train(self):
-        """Train to --num_epochs (resuming the run's latest checkpoint), then evaluate the weights on the real images."""
+        """Train to --num_epochs (resuming the run's latest checkpoint), then evaluate the weights on the real ones."""
         self._restore()
+        finished = True
         if int(self.epoch.numpy()) < self.config.num_epochs:
-            writer = tf.summary.create_file_writer(self.paths.model_dir) if self.chief else tf.summary.create_noop_writer()
+            writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
+                      else tf.summary.create_noop_writer())
             with writer.as_default(), TrainingLoop(self.config, self.checkpoints, self.strategy) as loop:
                 finished = self._train_epochs(loop)
             writer.flush()
             self.checkpoints.save(int(self.optimizer.iterations.numpy()))
-            self.checkpoints.close()
-            if not finished:
-                print(f"[*] Stopped; resume with --load_path={self.paths.model_name}")
-                return None
+        self.checkpoints.close()
+        if not finished:
+            print(f"[*] Stopped; resume with --load_path={self.paths.model_name}")
+            return None
         return self.evaluate() if self.chief else None
 
     def _restore(self):
@@ -116,51 +125,36 @@ class HandEstimatorTrainer:
                        f"step {int(self.optimizer.iterations.numpy())}")
         self.trained_on_refined.assign(refined)
 
-    def _steps_per_epoch(self):
-        count = len(self.sets.training_images)
-        if count < self.config.batch_size:
-            raise ConfigError(f"--batch_size={self.config.batch_size}: the hand training set holds {count} images")
-        return count // self.config.batch_size
-
     def _training_batches(self, seed):
-        """(images, joints), shuffled with seed and reshuffled every epoch, repeated, fixed-size batches."""
-        dataset = tf.data.Dataset.from_tensor_slices((self.sets.training_images,
-                                                      np.asarray(self.sets.training_joints, np.float32)))
-        dataset = dataset.shuffle(len(self.sets.training_images), seed=seed, reshuffle_each_iteration=True)
-        return dataset.repeat().batch(self.config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        """(images in [-1, 1], joints), shuffled with seed and reshuffled every epoch, repeated, fixed-size batches."""
+        return labelled_dataset(self.sets.training_images, self.sets.training_joints, self.input_shape,
+                                self.config.batch_size, seed)
 
     def _train_epochs(self, loop):
         """Epochs up to --num_epochs; False when a stop was requested."""
-        steps_per_epoch = self._steps_per_epoch()
+        steps_per_epoch = len(self.sets.training_images) // self.config.batch_size  # checked: at least 1
         seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
         batches = iter(self._training_batches(seed))
         while int(self.epoch.numpy()) < self.config.num_epochs:
             epoch = int(self.epoch.numpy())
             done = min(max(int(self.optimizer.iterations.numpy()) - epoch * steps_per_epoch, 0), steps_per_epoch)
-            losses = []
+            errors = []
             for _ in tqdm(range(done, steps_per_epoch), desc=f"Train hand estimator, epoch {epoch + 1}",
                           initial=done, total=steps_per_epoch):
                 images, joints = next(batches)
                 if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
-                    self._write_training_images(images)
+                    write_first_batch(images, self.config, self.paths.sample_dir)
                 values = self.train_step(images, joints)
                 step = int(self.optimizer.iterations.numpy())
                 loop.log(values, step)
-                losses.append(float(values["estimator/joint_error"]))
+                errors.append(float(values["estimator/joint_error"]))
                 if not loop.resumable(step):
                     return False
             self.epoch.assign_add(1)
             tqdm.write(f"[*] Epoch {epoch + 1}/{self.config.num_epochs}: mean training joint error "
-                       f"{np.mean(losses) if losses else float('nan'):.2f} pixels")
+                       f"{np.mean(errors) if errors else float('nan'):.2f} pixels")
             self.checkpoints.save(int(self.optimizer.iterations.numpy()))
         return True
-
-    def _write_training_images(self, images):
-        """What the estimator's first step receives (synthetic or refined), as a grid and an image summary."""
-        pixels = denormalize(images)
-        tf.summary.image("estimator/training_images", pixels, step=0, max_outputs=self.config.max_image_summary)
-        rows, cols = self.config.sample_image_grid
-        save_image(img_tile(pixels, rows, cols), os.path.join(self.paths.sample_dir, "training_images.png"))
 
     # ---- evaluation on the real images ----
 
@@ -171,12 +165,11 @@ class HandEstimatorTrainer:
             raise CheckpointError(f"no hand estimator checkpoint in {self.paths.model_dir}: train one first "
                                   f"(python main.py --task=estimation --data_set=hand) or pass the --load_path of one")
         count = len(self.sets.test_images)
-        batches = tf.data.Dataset.from_tensor_slices(self.sets.test_images).batch(self.config.batch_size)
-        predicted = np.concatenate([self.predict_joints(images).numpy() for images in
-                                    tqdm(batches, total=-(-count // self.config.batch_size),
-                                         desc="Evaluate on real images")])
-        distances = joint_distances(predicted, self.sets.test_joints).numpy()   # (N, joints)
-        within = share_within_pixels(distances).numpy()
+        batches = labelled_dataset(self.sets.test_images, self.sets.test_joints, self.input_shape, self.config.batch_size)
+        scale = PAPER_INPUT / self.input_shape[1]
+        distances = scale * np.concatenate([joint_distances(self.predict_joints(images), joints).numpy()
+                                            for images, joints in tqdm(batches, desc="Evaluate on real images")])
+        within = share_within(distances, MAX_WITHIN_PIXELS).numpy()
         results = {
             "model": self.paths.model_name, "checkpoint": latest,
             "trained_on": _kind(bool(self.trained_on_refined.numpy())),
@@ -189,7 +182,7 @@ class HandEstimatorTrainer:
         print(table)
         self._write_evaluation_summaries(results, within, table)
         path = os.path.join(self.paths.model_dir, EVALUATION_FILE)
-        atomic_write(path, lambda handle: handle.write(json.dumps(results, indent=4).encode()))
+        write_json(path, results)
         print(f"[*] Wrote {path}")
         return results
 
@@ -214,15 +207,16 @@ def evaluation_table(runs):
     The paper's table gives d = 5; that column is bracketed.
     """
     name_width = max(len("model"), *(len(run["model"]) for run in runs))
+
     def cell(pixels, text):
         return f"[{text:>5}]" if pixels == MARKED_PIXELS else f" {text:>5} "
-    header = (f"    {'model':<{name_width}}  trained on" + "".join(cell(d, f"{d}px") for d in range(MAX_WITHIN_PIXELS + 1))
-              + "  mean error")
+
+    columns = range(MAX_WITHIN_PIXELS + 1)
+    header = f"    {'model':<{name_width}}  trained on" + "".join(cell(d, f"{d}px") for d in columns) + "  mean error"
     lines = [f"[*] Share of the real test joints within d pixels (%), {runs[0]['real_images']} images, "
              f"{runs[0]['joints']} joints each; [{MARKED_PIXELS}px]: the paper's table", header]
     for run in runs:
-        shares = "".join(cell(d, f"{100 * run['share_within_pixels'][str(d)]:.1f}")
-                         for d in range(MAX_WITHIN_PIXELS + 1))
+        shares = "".join(cell(d, f"{100 * run['share_within_pixels'][str(d)]:.1f}") for d in columns)
         lines.append(f"    {run['model']:<{name_width}}  {run['trained_on']:<10}{shares}  "
                      f"{run['mean_joint_error']:7.2f}px")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from data.reports import DataError  # noqa: E402
 from distribution import (configure_devices, configure_precision, describe, is_chief, make_strategy,  # noqa: E402
                           planned_replicas)
 from estimation import run_estimation  # noqa: E402
+from hand_estimation import run_hand_estimation  # noqa: E402
 from refine import refine_folder  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from training_loop import TrainingDiverged  # noqa: E402
@@ -56,8 +57,8 @@ def run(config):
     if config.is_train and chief:
         save_params(config, paths)
         write_real_samples(data, config.sample_dir, config.random_seed)  # what the refiner aims for
-    if config.task == "estimation":
-        run_estimation(config, paths, data, strategy)  # train and evaluate, or evaluate again
+    if config.task == "estimation":  # train and evaluate, or evaluate again
+        (run_hand_estimation if config.data_set == "hand" else run_estimation)(config, paths, data, strategy)
     elif config.is_train:
         Trainer(config, paths, data, strategy).train()
     else:

@@ -149,8 +149,8 @@ def angular_error(predicted, gaze):
     return tf.acos(cosine) * (180.0 / np.pi)
 
 
-def share_within(errors, max_degrees=MAX_WITHIN_DEGREES):
-    """The share of errors (degrees) of at most d degrees, for d = 0, 1, ..., max_degrees: (max_degrees + 1,)."""
+def share_within(errors, max_value=MAX_WITHIN_DEGREES):
+    """The share of errors (degrees, pixels) of at most d, for d = 0, 1, ..., max_value: (max_value + 1,)."""
     errors = tf.reshape(tf.cast(errors, tf.float64), (-1, 1))
-    thresholds = tf.range(max_degrees + 1, dtype=tf.float64)[None, :]
+    thresholds = tf.range(max_value + 1, dtype=tf.float64)[None, :]
     return tf.reduce_mean(tf.cast(errors <= thresholds, tf.float64), axis=0)

@@ -19,25 +19,26 @@ NORM_GROUPS = 16        # at most this many groups per group normalization
 
 
 def _norm_relu(inputs, name):
-    """Group normalization, then ReLU.
+    """Group normalization, then ReLU; no scale, since a convolution always follows (ReLU commutes with it).
 
     Newell et al. use batch normalization; group normalization behaves the same in training and
     evaluation and does not depend on how a global batch is split over replicas (tf.distribute).
     """
     groups = math.gcd(inputs.shape[-1], NORM_GROUPS)
-    hidden = keras.layers.GroupNormalization(groups, name=f"{name}_norm")(inputs)
+    hidden = keras.layers.GroupNormalization(groups, scale=False, name=f"{name}_norm")(inputs)
     return keras.layers.ReLU(name=f"{name}_relu")(hidden)
 
 
-def _conv(filters, kernel_size, name, strides=1):
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+def _conv(filters, kernel_size, name, strides=1, use_bias=True):
+    """A 'SAME' convolution with Glorot weights; no bias where a normalization with its own offset follows."""
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
                                kernel_initializer="glorot_uniform", name=name)
 
 
 def residual_module(inputs, filters, name):
     """Newell et al.'s pre-activation bottleneck: 1x1 to filters/2, 3x3, 1x1 back to filters, plus the input."""
-    hidden = _conv(filters // 2, 1, f"{name}_conv1")(_norm_relu(inputs, f"{name}_in"))
-    hidden = _conv(filters // 2, 3, f"{name}_conv2")(_norm_relu(hidden, f"{name}_mid"))
+    hidden = _conv(filters // 2, 1, f"{name}_conv1", use_bias=False)(_norm_relu(inputs, f"{name}_in"))
+    hidden = _conv(filters // 2, 3, f"{name}_conv2", use_bias=False)(_norm_relu(hidden, f"{name}_mid"))
     hidden = _conv(filters, 1, f"{name}_conv3")(_norm_relu(hidden, f"{name}_out"))
     skip = inputs if inputs.shape[-1] == filters else _conv(filters, 1, f"{name}_skip")(inputs)
     return keras.layers.Add(name=f"{name}_add")([skip, hidden])
@@ -74,7 +75,8 @@ def build_hand_estimator(input_shape, num_joints=14, stacks=2, filters=256, dept
     """
     check_input_shape(input_shape, depth)
     images = keras.Input(input_shape, name="images")                             # (batch, 224, 224, 1)
-    hidden = _conv(max(filters // 4, 1), 7, "stem_conv", strides=2)(images)      # (batch, 112, 112, f/4)
+    stem = _conv(max(filters // 4, 1), 7, "stem_conv", strides=2, use_bias=False)
+    hidden = stem(images)                                                        # (batch, 112, 112, f/4)
     hidden = residual_module(_norm_relu(hidden, "stem"), filters // 2, "stem_res1")  # (batch, 112, 112, f/2)
     hidden = keras.layers.MaxPooling2D(2, name="stem_pool")(hidden)              # (batch, 56, 56, f/2)
     hidden = residual_module(hidden, filters // 2, "stem_res2")
@@ -84,15 +86,18 @@ def build_hand_estimator(input_shape, num_joints=14, stacks=2, filters=256, dept
         name = f"stack{stack}"
         hidden = hourglass(features, filters, depth, f"{name}_hourglass")         # (batch, 56, 56, f)
         hidden = residual_module(hidden, filters, f"{name}_res")
-        hidden = _norm_relu(_conv(filters, 1, f"{name}_features")(hidden), f"{name}_features")
-        heatmaps = _conv(num_joints, 1, f"{name}_heatmaps")(hidden)              # (batch, 56, 56, 14)
-        all_heatmaps.append(keras.layers.Reshape((1, *heatmaps.shape[1:]), name=f"{name}_as_stack")(heatmaps))
+        hidden = _norm_relu(_conv(filters, 1, f"{name}_features", use_bias=False)(hidden), f"{name}_features")
+        # float32 under mixed precision too: bfloat16's 8 bits would round the peak and its neighbours together.
+        heatmaps = keras.layers.Conv2D(num_joints, 1, kernel_initializer="glorot_uniform", dtype="float32",
+                                       name=f"{name}_heatmaps")(hidden)                # (batch, 56, 56, 14)
+        all_heatmaps.append(keras.layers.Reshape((1, *heatmaps.shape[1:]), dtype="float32",
+                                                 name=f"{name}_as_stack")(heatmaps))
         if stack < stacks - 1:  # the next stack starts from these features and these heatmaps
             features = keras.layers.Add(name=f"{name}_merge")([
                 features, _conv(filters, 1, f"{name}_remap_features")(hidden),
                 _conv(filters, 1, f"{name}_remap_heatmaps")(heatmaps)])
-    stacked = (keras.layers.Concatenate(axis=1, name="heatmaps")(all_heatmaps) if stacks > 1
-               else keras.layers.Identity(name="heatmaps")(all_heatmaps[0]))
+    stacked = (keras.layers.Concatenate(axis=1, dtype="float32", name="heatmaps")(all_heatmaps) if stacks > 1
+               else keras.layers.Identity(dtype="float32", name="heatmaps")(all_heatmaps[0]))
     return keras.Model(images, stacked, name="hand_estimator")                  # (batch, 2, 56, 56, 14)
 
 
@@ -166,10 +171,3 @@ def joint_distances(predicted_px, joints_px):
     """Euclidean distance in pixels between predicted and true joints: (batch, joints)."""
     difference = tf.cast(predicted_px, tf.float32) - tf.cast(joints_px, tf.float32)
     return tf.norm(difference, axis=-1)
-
-
-def share_within_pixels(distances, max_pixels=MAX_WITHIN_PIXELS):
-    """The share of joint distances (pixels) of at most d, for d = 0, 1, ..., max_pixels: (max_pixels + 1,)."""
-    distances = tf.reshape(tf.cast(distances, tf.float64), (-1, 1))
-    thresholds = tf.range(max_pixels + 1, dtype=tf.float64)[None, :]
-    return tf.reduce_mean(tf.cast(distances <= thresholds, tf.float64), axis=0)

@@ -7,6 +7,7 @@ At each point a run can resume from, it calls `TrainingLoop.resumable`: a checkp
 In a cluster, a signal to any worker stops every worker at the same point, after one checkpoint
 (TensorFlow's PreemptionCheckpointHandler agrees on the step), so none is left waiting in a collective.
 """
+import os
 import signal
 import threading
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from distribution import any_worker, worker_count
+from utils import denormalize, img_tile, save_image
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,6 +56,14 @@ def apply_gradients(optimizer, gradients, variables):
         summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
         gradients = [gradient / replicas for gradient in summed]
     optimizer.apply_gradients(zip(gradients, variables))
+
+
+def write_first_batch(images, config, sample_dir):
+    """What an estimator's first step receives (synthetic or refined): a grid in sample_dir and an image summary."""
+    pixels = denormalize(images)
+    tf.summary.image("estimator/training_images", pixels, step=0, max_outputs=config.max_image_summary)
+    rows, cols = config.sample_image_grid
+    save_image(img_tile(pixels, rows, cols), os.path.join(sample_dir, "training_images.png"))
 
 
 class TrainingLoop:

@@ -76,8 +76,13 @@ def make_run_folders(config, paths, chief=True):
 
 def save_params(config, paths):
     """Write the flags (and only the flags), sorted and indented, to MODEL_DIR/params.json."""
-    text = json.dumps(vars(config), indent=4, sort_keys=True)
-    atomic_write(os.path.join(paths.model_dir, "params.json"), lambda handle: handle.write(text.encode()))
+    write_json(os.path.join(paths.model_dir, "params.json"), vars(config), sort_keys=True)
+
+
+def write_json(path, values, sort_keys=False):
+    """values as indented JSON at path, atomically."""
+    text = json.dumps(values, indent=4, sort_keys=sort_keys)
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 # ---- files ----

@@ -24,7 +24,7 @@ from data import nyu
 from data.hand_sample import ensure_hand_sample, is_hand_sample
 from data.pipelines import real_dataset, to_network_input
 from data.reports import DataError, report_skipped
-from utils import OutputError, atomic_write, default_workers
+from utils import OutputError, atomic_write, default_workers, denormalize
 
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
 BOX_MARGIN = 1.3       # the crop's side: the joints' larger extent times this (fingertip joints lie inside the skin)
@@ -225,3 +225,40 @@ def crop_hand(depth, uvd, size):
     corner = np.array([centre_u - side / 2, centre_v - side / 2])
     scale = np.array([width / side, height / side])
     return crop, ((joints - corner) * scale - 0.5).astype(np.float32)
+
+
+# ---- what the pose estimator trains and is tested on ----
+
+@dataclass
+class HandSets:
+    """uint8 crops with their joints in input pixels, in memory; [-1, 1] floats per batch, on request."""
+    training_images: np.ndarray   # (N, H, W) uint8: the synthetic crops, refined when `refined`
+    training_joints: np.ndarray   # (N, 14, 2) float32
+    test_images: np.ndarray       # (M, H, W) uint8: the real test crops
+    test_joints: np.ndarray       # (M, 14, 2) float32
+    input_shape: tuple
+    refined: bool
+    is_sample: bool               # the bundled sample, not NYU's frames
+
+
+def hand_estimation_sets(data, input_shape, batch_size, refine=None):
+    """The estimator's sets; the synthetic crops refined once, in memory, when refine (a refiner) is given."""
+    training = data.synthetic.images
+    if refine is not None:
+        training = refine_crops(training, input_shape, batch_size, refine)
+    test = data.test if data.test is not None else DepthCrops(np.zeros((0, *input_shape[:2]), np.uint8),
+                                                              np.zeros((0, len(nyu.EVALUATION_JOINTS), 2), np.float32),
+                                                              np.zeros(0, np.int32))
+    print(f"[*] {len(training)} {'refined' if refine else 'synthetic'} hand crops to train on; "
+          f"{len(test)} real test crops to evaluate on")
+    return HandSets(training, data.synthetic.joints, test.images, test.joints, tuple(input_shape),
+                    refine is not None, data.is_sample)
+
+
+def refine_crops(images, input_shape, batch_size, refine):
+    """uint8 crops refined batch by batch, quantised back to uint8 as test mode's PNGs are."""
+    refined = np.empty_like(images)
+    for start in tqdm(range(0, len(images), batch_size), desc="Refine training crops"):
+        batch = to_network_input(images[start:start + batch_size], input_shape)
+        refined[start:start + batch_size] = denormalize(refine(batch))[..., 0]
+    return refined

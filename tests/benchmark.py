@@ -1,6 +1,6 @@
 """How fast SimGAN runs on this machine: training iteration, test mode, preprocessing, memory.
 
-Run from anywhere: ``python tests/benchmark.py [--batch 64] [--steps N] [--repeats R] [--quick]``.
+Run from anywhere: ``python tests/benchmark.py [--batch 64] [--steps N] [--repeats R] [--quick] [--hand]``.
 A script, not a test: pytest collects test_*.py only. It writes everything into a temporary folder.
 This file is the command line, the order of the sections and the summary line; the measurements are
 in tests/benchmark_training.py (the ceiling and the training iteration, with the PyTorch reference of
@@ -12,11 +12,14 @@ What it prints, each figure a median with the number of repetitions beside it:
 - the training iteration (K_g refiner steps, each pushing to the history buffer, then K_d
   discriminator steps on a history sample), fed from tensors in memory and from the real tf.data
   pipelines, side by side with the same iteration written idiomatically in PyTorch (if installed),
-  with XLA (jit_compile) and with bfloat16 mixed precision, and where its time goes;
+  with XLA (jit_compile), with bfloat16 mixed precision, and under MirroredStrategy over two logical
+  CPUs (what tf.distribute costs where it cannot speed anything up), and where its time goes;
 - test mode (refine.refine_folder on a folder of crops: load the refiner, decode, refine, encode,
   write) against its compute bound, and each of its stages alone;
 - UnityEyes preprocessing (640x480 jpg + json -> crop PNG) in frames/s;
 - the peak resident memory of `python main.py` at the default flags for a few iterations;
+- with --hand (or --hand_only), the hand experiment's refiner step at 224x224, batch 8, fp32 and bf16
+  (tests/benchmark_hand.py);
 - a last line `key=value ...` with every figure, for scripts.
 
 The machine may be shared: the configurations are measured in interleaved rounds (each round runs
@@ -44,6 +47,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmark_common import cpu_flags, cpu_name, num_cpus, quiet  # noqa: E402
+from benchmark_hand import measure_hand  # noqa: E402
 from benchmark_pipeline import measure_memory, measure_preprocessing, measure_test_mode  # noqa: E402
 from benchmark_torch import TORCH_INSTALL, torch  # noqa: E402
 from benchmark_training import measure_training  # noqa: E402
@@ -59,6 +63,11 @@ def parse_args(argv=None):
                                                                 "(default 2, --quick 1)")
     parser.add_argument("--repeats", type=int, default=None, help="rounds / repetitions of every measurement "
                                                                   "(default 3, --quick 2)")
+    parser.add_argument("--hand", action="store_true", help="also the hand refiner's step at 224x224 (minutes on a CPU)")
+    parser.add_argument("--hand_batch", type=int, default=8, help="batch of the hand refiner's step (default 8)")
+    parser.add_argument("--hand_steps", type=int, default=2, help="timed hand refiner steps per precision")
+    parser.add_argument("--hand_bf16", action="store_true", help="measure bf16 even where it is emulated")
+    parser.add_argument("--hand_only", action="store_true", help="only the hand refiner's step")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a minute or two: fewer iterations, "
                                                              "smaller folders, a shorter memory run")
     args = parser.parse_args(argv)
@@ -105,17 +114,23 @@ def machine_line(results):
 def main(argv=None):
     """Run every measurement in a temporary folder and print the figures."""
     args = parse_args(argv)
+    # Two logical CPUs for the mirrored configuration; one device alone still uses every core.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     header(args)
     started = time.monotonic()
     results = {"batch": args.batch, "steps": args.steps, "repeats": args.repeats}
     with tempfile.TemporaryDirectory(prefix="simgan-benchmark-") as tmp:
-        with quiet():
-            write_sample(os.path.join(tmp, "data", "gaze"), num_synthetic=args.num_frames, num_real=args.num_real,
-                         seed=1)
-        paths, refiner_flops, bf16 = measure_training(args, tmp, results)
-        measure_test_mode(args, tmp, paths, refiner_flops, bf16, results)
-        measure_preprocessing(args, tmp, results)
-        measure_memory(args, tmp, results)
+        if not args.hand_only:
+            with quiet():
+                write_sample(os.path.join(tmp, "data", "gaze"), num_synthetic=args.num_frames,
+                             num_real=args.num_real, seed=1)
+            paths, refiner_flops, bf16 = measure_training(args, tmp, results)
+            measure_test_mode(args, tmp, paths, refiner_flops, bf16, results)
+            measure_preprocessing(args, tmp, results)
+            measure_memory(args, tmp, results)
+        if args.hand or args.hand_only:
+            measure_hand(args, tmp, results)
     results["total_s"] = time.monotonic() - started
     print(f"\n[*] done in {results['total_s']:.0f} s")
     print(machine_line(results))

@@ -18,6 +18,7 @@ from benchmark_common import (CEILING_CHANNELS, conv_flops, make_config, median,
 from benchmark_torch import TORCH_INSTALL
 from data.gaze_data import load_gaze_data
 from data.pipelines import real_dataset, synthetic_dataset
+from distribution import make_strategy
 from trainer import Trainer
 
 
@@ -87,6 +88,12 @@ def tf_runner(trainer, feed, K_g, K_d):
     return run
 
 
+def mirrored_trainer(config, paths, data):
+    """A Trainer under MirroredStrategy over the two logical CPUs benchmark.py made: what the strategy costs."""
+    mirrored = argparse.Namespace(**{**vars(config), "distribution": "mirrored", "cpu_replicas": 2})
+    return Trainer(mirrored, paths, data, make_strategy(mirrored))
+
+
 def bf16_trainer(config, paths, data):
     """A Trainer whose networks compute in bfloat16 (variables and losses stay float32)."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -149,9 +156,10 @@ def build_configurations(config, paths, data, trainer, feeds, shape):
                                            conv_flops(trainer.discriminator))
         configurations["torch"] = benchmark_torch.torch_runner(gan, feeds, K_g, K_d)
     with quiet():
-        trainers = {"jit": jit_trainer(config, paths, data), "bf16": bf16_trainer(config, paths, data)}
-    configurations["jit"] = tf_runner(trainers["jit"], feeds.memory, K_g, K_d)
-    configurations["bf16"] = tf_runner(trainers["bf16"], feeds.memory, K_g, K_d)
+        trainers = {"jit": jit_trainer(config, paths, data), "bf16": bf16_trainer(config, paths, data),
+                    "mirrored": mirrored_trainer(config, paths, data)}
+    for name in trainers:
+        configurations[name] = tf_runner(trainers[name], feeds.memory, K_g, K_d)
     return configurations, trainers
 
 
@@ -200,7 +208,8 @@ def report_training(args, results, config, flops, rounds, bf16_losses):
               "tf_pipe": "(b) TensorFlow, fed by the tf.data pipelines",
               "torch": "PyTorch, fed from tensors in memory",
               "jit": "TensorFlow + XLA (jit_compile=True), from memory",
-              "bf16": "TensorFlow, mixed_bfloat16, from memory (FLOPs as fp32)"}
+              "bf16": "TensorFlow, mixed_bfloat16, from memory (FLOPs as fp32)",
+              "mirrored": "TensorFlow, MirroredStrategy over 2 logical CPUs (--cpu_replicas=2), from memory"}
     for name, label in labels.items():
         if name not in times:
             continue
@@ -218,7 +227,8 @@ def report_training(args, results, config, flops, rounds, bf16_losses):
     ratio = lambda a, b: median([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
     best = lambda a, b: min(times[a]) / min(times[b])  # noqa: E731
     pairs = {"pipeline_overhead_pct": ("tf_pipe", "tf_mem"), "jit_speedup": ("tf_mem", "jit"),
-             "bf16_speedup": ("tf_mem", "bf16"), "tf_over_torch": ("torch", "tf_mem")}
+             "bf16_speedup": ("tf_mem", "bf16"), "tf_over_torch": ("torch", "tf_mem"),
+             "mirrored_slowdown": ("mirrored", "tf_mem")}
     for key, (a, b) in pairs.items():
         if a in times and b in times:
             scale, offset = (100, -100) if key.endswith("pct") else (1, 0)
@@ -231,6 +241,8 @@ def report_training(args, results, config, flops, rounds, bf16_losses):
     show("XLA speed-up (time fp32 / time XLA)", *both("jit_speedup", "x"))
     show("bf16 speed-up (time fp32 / time bf16)", *both("bf16_speedup", "x"))
     print(f"  bf16 losses finite: {all(np.isfinite(bf16_losses))}")
+    show("2 CPU replicas / 1 device (time mirrored / time (a))", *both("mirrored_slowdown", "x"))
+    print("  (the same CPU cores either way: no speed-up is possible; this is what the strategy costs)")
     if "torch" in times:
         show("TF/torch speed ratio (time torch / time TF (a))", *both("tf_over_torch", "x"))
         print("  (> 1: TensorFlow is faster)")

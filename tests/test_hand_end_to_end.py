@@ -1,4 +1,6 @@
 """`python main.py --data_set=hand` on NYU's layout (the tiny procedural sample): train, resume, refine."""
+import json
+
 import pytest
 
 from conftest import checkpoint_counters, folder_flags, main_in_process
@@ -41,3 +43,15 @@ def test_a_hand_run_resumes_and_its_refiner_refines_every_synthetic_crop(trained
     assert refined.returncode == 0, refined.stderr[-3000:]
     names = sorted(path.name for path in (root / "outputs" / "generative_hand").glob("*.png"))
     assert names == [f"{nyu.synthetic_depth_name(frame)[:-4]}_refined.png" for frame in range(1, NUM_TRAIN + 1)]
+
+
+def test_the_pose_estimator_trains_on_the_refined_crops_and_is_measured_on_the_real_test_frames(trained):
+    root, folders, _ = trained
+    result = main_in_process(*folders, "--task=estimation", "--data_set=hand", "--input_height=32",
+                             "--input_width=32", "--estimator_filters=8", "--estimator_depth=1", "--estimator_stacks=1",
+                             "--batch_size=2", "--num_epochs=1", "--refiner_path=hand", "--load_path=hand_pose")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refined by" in result.stdout and "[  5px]" in result.stdout  # the table, the paper's column marked
+    evaluation = json.loads((root / "logs" / "estimation_hand_pose" / "evaluation.json").read_text())
+    assert evaluation["trained_on"] == "refined" and evaluation["real_images"] == 2 and evaluation["joints"] == 14
+    assert evaluation["step"] == NUM_TRAIN // 2
