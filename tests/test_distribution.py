@@ -23,8 +23,10 @@ import numpy as np, tensorflow as tf
 from config import get_config
 from distribution import configure_devices, make_strategy
 from utils import run_paths
+# SGD at rate 1: the update is the clipped gradient itself, so a wrong sum or clip shows at full size
+# (Adam's first step, g / (|g| + eps), blows float noise in tiny gradients up to a few % of a step).
 config = get_config(["--batch_size=8", "--buffer_size=16", "--distribution=mirrored", "--cpu_replicas=2",
-                     "--max_grad_norm=0.5", "--log_dir=" + sys.argv[2]])
+                     "--max_grad_norm=0.5", "--optimizer=sgd", "--learning_rate=1.0", "--log_dir=" + sys.argv[2]])
 configure_devices(config)
 from trainer import Trainer
 trainers = [Trainer(config, run_paths(config), None), Trainer(config, run_paths(config), None, make_strategy(config))]
