@@ -29,14 +29,17 @@ from utils import OutputError, atomic_write, default_workers, denormalize
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
 BOX_MARGIN = 1.3       # the crop's side: the joints' larger extent times this (fingertip joints lie inside the skin)
 HALF_SLAB_MM = 150     # depth kept around the hand's median joint depth, on either side
-BACKGROUND = 255       # every pixel outside the slab, and every hole: the farthest value
-CACHE_VERSION = 1
+# Every pixel outside the slab, and every hole: the farthest value, but not 255. 255 is +1 in [-1, 1],
+# the refiner's tanh asymptote: the L1 pull toward it never ends and saturates the whole output
+# (measured on the sample: every refined pixel at 1.0 within 10 pre-training steps). 247 is 0.94.
+BACKGROUND = 247
+CACHE_VERSION = 2
 
 
 @dataclass
 class DepthCrops:
     """One kind of frame of one split, cropped: images with the evaluation joints in crop pixels."""
-    images: np.ndarray   # (N, H, W) uint8: 0 nearest .. 254 farthest in the slab, 255 background
+    images: np.ndarray   # (N, H, W) uint8: 0 nearest .. 246 farthest in the slab, 247 background
     joints: np.ndarray   # (N, 14, 2) float32: (u, v) of nyu.EVALUATION_JOINTS, in crop pixels
     frames: np.ndarray   # (N,) int32: NYU frame numbers (from 1)
 

@@ -135,3 +135,21 @@ def test_too_few_estimator_steps_are_announced_with_a_batch_size_that_trains(cap
     assert capsys.readouterr().out == ""  # 21 steps an epoch, 252 in all: enough on the sample
     check_config_against_data(get_config(["--task=estimation", "--batch_size=1"]), data_counts(12, 10, 2))
     assert "use more synthetic images" in capsys.readouterr().out
+
+
+def test_hand_defaults_follow_the_paper_and_a_given_flag_wins():
+    hand = get_config(["--data_set=hand"])
+    assert (hand.input_height, hand.input_width, hand.initial_K_g, hand.initial_K_d, hand.K_g, hand.K_d) == \
+        (224, 224, 500, 200, 2, 1)
+    assert (hand.batch_size, hand.buffer_size, hand.learning_rate) == (32, 3200, 1e-4)
+    gaze = get_config([])
+    assert (gaze.input_height, gaze.input_width, gaze.initial_K_g, gaze.learning_rate) == (35, 55, 1000, 0.001)
+    given = get_config(["--data_set=hand", "--input_height=64", "--learning_rate=0.01", "--initial_K_g=7"])
+    assert (given.input_height, given.input_width, given.learning_rate, given.initial_K_g) == (64, 224, 0.01, 7)
+
+
+def test_the_hand_estimators_input_must_halve_evenly():
+    config = get_config(["--data_set=hand", "--task=estimation", "--input_height=40", "--input_width=32"])
+    with pytest.raises(ConfigError, match=r"--input_height=40: the hand estimator \(--estimator_depth=3\) needs a "
+                                          r"multiple of 32"):
+        check_config(config)

@@ -10,6 +10,7 @@ from data import nyu
 from data.hand_data import BACKGROUND, crop_hand, hand_box, load_hand_data, load_split
 from data.hand_sample import write_hand_sample
 from data.reports import DataError
+from utils import normalize
 
 NUM_TRAIN, NUM_TEST = 6, 4
 SIZE = (32, 32)
@@ -49,6 +50,11 @@ def test_the_synthetic_background_and_the_far_wall_become_one_value(hand_root, t
     for images in (synthetic.images, real.images):
         assert (images == BACKGROUND).any() and (images < BACKGROUND).any()
         assert all(image[0, 0] == BACKGROUND for image in synthetic.images)  # a corner: outside the hand
+
+
+def test_the_background_stays_off_the_refiners_tanh_asymptote():
+    # At +1 the refiner's L1 pull toward the background never ends and saturates every output pixel.
+    assert 0.9 < normalize(BACKGROUND) < 0.95
 
 
 def test_a_crop_keeps_the_hand_depth_in_the_slab_and_maps_joints_onto_it():
