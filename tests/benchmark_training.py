@@ -256,8 +256,8 @@ def report_traces(results, trainers):
     section("Retracing (concrete functions per step function after every iteration above; 1 = no retrace)")
     counts = {}
     for prefix, trainer in trainers.items():
-        for name, function in (("refiner_step", trainer.refiner_step),
-                               ("discriminator_step", trainer.discriminator_step),
+        for name, function in (("refiner_step", trainer.compiled_steps["refiner"]),
+                               ("discriminator_step", trainer.compiled_steps["discriminator"]),
                                ("history push", trainer.history_buffer.push),
                                ("history sample", trainer.history_buffer.sample)):
             counts[prefix + name] = function.experimental_get_tracing_count()
