@@ -83,3 +83,10 @@ def test_the_hand_networks_follow_the_papers_appendix():
     assert [discriminator.get_layer(name).output.shape[1:3] for name in ("conv1", "conv2", "pool", "conv3")] == \
         [(56, 56), (28, 28), (14, 14), (7, 7)]
     assert discriminator.count_params() == 4800 + 153664 + 18464 + 1056 + 66 == 178050
+
+
+def test_the_hand_refiners_blocks_start_as_identities_and_the_eye_refiners_do_not():
+    hand = build_refiner((32, 32, 1), "hand")
+    assert all(not np.any(hand.get_layer(f"block{i}_conv2").get_weights()[0]) for i in range(10))
+    gaze = build_refiner((35, 55, 1))  # the original's Xavier everywhere
+    assert all(np.any(gaze.get_layer(f"block{i}_conv2").get_weights()[0]) for i in range(4))
