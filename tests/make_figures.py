@@ -1,11 +1,13 @@
 """The README's pictures and domain statistics from a trained run (a script; pytest does not collect it).
 
     pip install matplotlib   # for the loss curves only; not in requirements.txt
-    python tests/make_figures.py --load_path=NAME [--log_dir=logs] [--data_dir=data] [--out=assets]
+    python tests/make_figures.py --load_path=NAME [--log_dir=logs] [--data_dir=data] [--out=assets] [FLAGS]
 
 Writes OUT/sample_comparison.png (rows: synthetic, refined, real) and OUT/sample_losses.png (the
 TensorBoard scalars of each network against its own steps), and prints how far refined images moved
 toward the real ones on three image statistics: brightness, contrast and high-frequency energy.
+Other flags go to the program's config: with `--data_set=hand` (and the run's input size) the files
+are OUT/hand_comparison.png and OUT/hand_losses.png, of the hand crops.
 """
 import argparse
 import os
@@ -24,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import load_refiner  # noqa: E402
 from config import get_config  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
+from data.hand_data import load_hand_data, refine_crops  # noqa: E402
 from data.pipelines import load_crops, to_network_input  # noqa: E402
 from utils import denormalize, img_tile, run_paths, save_image  # noqa: E402
 
@@ -83,24 +86,30 @@ def main():
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--out", default="assets")
     parser.add_argument("--columns", type=int, default=10)
-    args = parser.parse_args()
+    args, flags = parser.parse_known_args()
     # The training flags (--is_train's default): load_gaze_data reads the real images only for training.
     config = get_config([f"--load_path={args.load_path}", f"--log_dir={args.log_dir}", f"--data_dir={args.data_dir}",
-                         "--batch_size=256"])
+                         "--batch_size=256", *flags])
     paths = run_paths(config)  # nothing is trained or written there: only its checkpoint and events are read
     checkpoint = tf.train.latest_checkpoint(paths.model_dir)
     if checkpoint is None:
         sys.exit(f"[!] no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
-    data = load_gaze_data(config)
     shape = (config.input_height, config.input_width, config.input_channel)
-    refiner = load_refiner(checkpoint, shape)
+    refiner = load_refiner(checkpoint, shape, config.data_set)
     print(f"[*] Refining with {checkpoint}")
-    synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size)
-    real = denormalize(to_network_input(data.real_images, shape))  # as the discriminator sees them
+    if config.data_set == "hand":
+        data = load_hand_data(config)
+        synthetic, real = data.synthetic.images[..., None], data.real.images[..., None]
+        refined = refine_crops(data.synthetic.images, shape, config.batch_size, refiner)[..., None]
+    else:
+        data = load_gaze_data(config)
+        synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size)
+        real = denormalize(to_network_input(data.real_images, shape))  # as the discriminator sees them
+    prefix = "hand" if config.data_set == "hand" else "sample"
     os.makedirs(args.out, exist_ok=True)
     save_image(comparison(synthetic, refined, real[np.random.default_rng(0).permutation(len(real))], args.columns),
-               os.path.join(args.out, "sample_comparison.png"))
-    plot_losses(paths.model_dir, os.path.join(args.out, "sample_losses.png"))
+               os.path.join(args.out, f"{prefix}_comparison.png"))
+    plot_losses(paths.model_dir, os.path.join(args.out, f"{prefix}_losses.png"))
     table = {name: statistics(images) for name, images in
              (("synthetic", synthetic), ("refined", refined), ("real", real))}
     print(f"{'':10}" + "".join(f"{key:>16}" for key in table["real"]))
