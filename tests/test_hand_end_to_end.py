@@ -8,7 +8,7 @@ from data import nyu
 from data.hand_sample import write_hand_sample
 
 NUM_TRAIN = 6
-TINY_HAND = ["--data_set=hand", "--input_height=32", "--input_width=32", "--batch_size=4", "--buffer_size=16",
+TINY_HAND = ["--data_set=hand", "--input_height=16", "--input_width=16", "--batch_size=4", "--buffer_size=16",
              "--initial_K_g=2", "--initial_K_d=2", "--log_step=1", "--sample_image_grid=2,2", "--max_image_summary=2",
              "--checkpoint_secs=3600", "--load_path=hand"]
 
@@ -38,7 +38,7 @@ def test_a_hand_run_resumes_and_its_refiner_refines_every_synthetic_crop(trained
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "refiner step 4, discriminator step 3, iteration 1" in resumed.stdout
     assert checkpoint_counters(root / "logs" / "generative_hand") == (2 + 4, 2 + 2, 2)
-    refined = main_in_process(*folders, "--data_set=hand", "--input_height=32", "--input_width=32",
+    refined = main_in_process(*folders, "--data_set=hand", "--input_height=16", "--input_width=16",
                               "--is_train=False", "--load_path=hand", "--batch_size=4")
     assert refined.returncode == 0, refined.stderr[-3000:]
     names = sorted(path.name for path in (root / "outputs" / "generative_hand").glob("*.png"))
@@ -47,8 +47,8 @@ def test_a_hand_run_resumes_and_its_refiner_refines_every_synthetic_crop(trained
 
 def test_the_pose_estimator_trains_on_the_refined_crops_and_is_measured_on_the_real_test_frames(trained):
     root, folders, _ = trained
-    result = main_in_process(*folders, "--task=estimation", "--data_set=hand", "--input_height=32",
-                             "--input_width=32", "--estimator_filters=8", "--estimator_depth=1", "--estimator_stacks=1",
+    result = main_in_process(*folders, "--task=estimation", "--data_set=hand", "--input_height=16",
+                             "--input_width=16", "--estimator_filters=8", "--estimator_depth=1", "--estimator_stacks=1",
                              "--batch_size=2", "--num_epochs=1", "--refiner_path=hand", "--load_path=hand_pose")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refined by" in result.stdout and "[  5px]" in result.stdout  # the table, the paper's column marked
