@@ -9,14 +9,11 @@ import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from checkpoints import CheckpointError, load_refiner
 from config import image_shape
-from data import nyu
-from data.pipelines import named_images_dataset, synthetic_dataset
 from export import is_export, load_any_refiner
 from utils import OutputError, denormalize, save_image
 
@@ -33,26 +30,17 @@ def refine_folder(config, paths, data):
 
     Images already refined (a run interrupted earlier) are left as they are and not refined again.
     """
-    input_folder = data.folder if config.data_set == "hand" else data.synthetic_dir
-    if os.path.realpath(paths.output_dir) == os.path.realpath(input_folder):
+    if os.path.realpath(paths.output_dir) == os.path.realpath(data.synthetic_dir):
         raise OutputError(f"--output_dir would write into the input folder {paths.output_dir}")
     shape = image_shape(config)
     refine = _load(config, paths, shape)
-    if config.data_set == "hand":  # crops in memory, named by their NYU frame
-        names = [nyu.synthetic_depth_name(frame) for frame in data.synthetic.frames]
-    else:
-        names = data.synthetic_paths
-    targets = {name: os.path.join(paths.output_dir, refined_name(name)) for name in names}
+    targets = {name: os.path.join(paths.output_dir, refined_name(name)) for name in data.synthetic_names}
     remaining = [name for name, target in targets.items() if not os.path.exists(target)]
     if len(remaining) < len(targets):
         print(f"[*] {len(targets) - len(remaining)} images already refined in {paths.output_dir}; refining the rest")
     # Any batch size, one trace: the last batch is smaller than the rest.
     refine = tf.function(refine, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
-    if config.data_set == "hand":
-        kept = np.isin(names, remaining)
-        batches = named_images_dataset(data.synthetic.images[kept], np.array(names)[kept], shape, config.batch_size)
-    else:
-        batches = synthetic_dataset(remaining, shape, config.batch_size, 0, training=False)
+    batches = data.named_synthetic_batches(remaining, shape, config.batch_size)
     _write_refined(batches, refine, targets, -(-len(remaining) // config.batch_size), config.batch_size)
 
 

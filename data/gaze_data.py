@@ -64,6 +64,15 @@ class GazeData:
         """Real eyes in [-1, 1], as synthetic_batches."""
         return real_dataset(self.real_images, input_shape, batch_size, seed)
 
+    @property
+    def synthetic_names(self):
+        """What test mode names each synthetic image by: its path."""
+        return self.synthetic_paths
+
+    def named_synthetic_batches(self, names, input_shape, batch_size):
+        """(images in [-1, 1], names) of the synthetic images named, in order, once: what test mode refines."""
+        return synthetic_dataset(names, input_shape, batch_size, 0, training=False)
+
     def test_images(self, input_shape, count):
         """The first `count` synthetic crops in [-1, 1]: the sample grids' fixed inputs."""
         images, _ = next(iter(synthetic_dataset(self.synthetic_paths[:count], input_shape, count, 0, training=False)))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from data import nyu
 from data.hand_sample import ensure_hand_sample, is_hand_sample
-from data.pipelines import real_dataset, to_network_input
+from data.pipelines import named_images_dataset, real_dataset, to_network_input
 from data.reports import DataError, report_skipped
 from utils import OutputError, atomic_write, default_workers, denormalize
 
@@ -72,6 +72,21 @@ class HandData:
     def real_batches(self, input_shape, batch_size, seed):
         """Real crops in [-1, 1], as synthetic_batches."""
         return real_dataset(self.real.images, input_shape, batch_size, seed)
+
+    @property
+    def synthetic_dir(self):
+        return os.path.join(self.folder, "train")
+
+    @property
+    def synthetic_names(self):
+        """What test mode names each synthetic crop by: its NYU file name."""
+        return [nyu.synthetic_depth_name(frame) for frame in self.synthetic.frames]
+
+    def named_synthetic_batches(self, names, input_shape, batch_size):
+        """(crops in [-1, 1], names) of the synthetic crops named, in order, once: what test mode refines."""
+        kept = np.isin(self.synthetic_names, names)
+        return named_images_dataset(self.synthetic.images[kept], np.array(self.synthetic_names)[kept],
+                                    input_shape, batch_size)
 
     def test_images(self, input_shape, count):
         """The first `count` synthetic crops in [-1, 1]: the sample grids' fixed inputs."""
