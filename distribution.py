@@ -132,10 +132,32 @@ def describe(strategy, precision):
             f"{'s' if strategy.num_replicas_in_sync > 1 else ''}, {name}, {precision}")
 
 
+def distributed_batches(strategy, make_dataset, global_batch):
+    """An iterator of global batches, each replica's share read by its own worker's input pipeline.
+
+    make_dataset(replica_batch, shard) gives one pipeline's dataset of per-replica batches, shard =
+    (pipelines, this pipeline's index): in a cluster each worker reads only its own items, so the input
+    work does not grow with the number of workers. On one device it is the dataset of global batches.
+    """
+    def dataset(context):
+        return make_dataset(context.get_per_replica_batch_size(global_batch),
+                            (context.num_input_pipelines, context.input_pipeline_id))
+
+    return iter(strategy.distribute_datasets_from_function(dataset))
+
+
+def local_batch(strategy, batch):
+    """This process's part of a batch from distributed_batches as one tensor: the whole batch on one device."""
+    return tf.concat(strategy.experimental_local_results(batch), axis=0)
+
+
 def distribute(strategy, batch):
-    """A global batch (a tensor or a structure of them) as each replica's equal share, in replica order."""
+    """A global batch (a tensor or a structure of them) as each replica's equal share, in replica order.
+
+    A batch already shared out (from distributed_batches) is returned as it is.
+    """
     replicas = strategy.num_replicas_in_sync
-    if replicas == 1:
+    if replicas == 1 or isinstance(tf.nest.flatten(batch)[0], tf.distribute.DistributedValues):
         return batch
 
     def share(context):
@@ -150,10 +172,15 @@ def distribute(strategy, batch):
 def run_on_replicas(strategy, step, *args):
     """step(*args) on every replica; losses (dict) summed over replicas, any other outputs gathered in order.
 
+    Floating outputs leave the replicas as float32, whatever the precision the step computed in.
     Each replica's losses are its share of the global batch mean (tf.nn.compute_average_loss with the
     global batch size), so their sum is the mean over the global batch, as on one device.
     """
-    outputs = strategy.run(step, args=args)
+    def replica_step(*replica_args):  # collectives take no bfloat16 (multi-worker) and need one dtype: float32
+        return tf.nest.map_structure(lambda tensor: tf.cast(tensor, tf.float32) if tensor.dtype.is_floating
+                                     else tensor, step(*replica_args))
+
+    outputs = strategy.run(replica_step, args=args)
     losses, images = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
     losses = {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for name, value in losses.items()}
     if not images:

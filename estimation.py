@@ -17,7 +17,7 @@ from checkpoints import CheckpointError, Checkpoints
 from config import image_shape
 from data.gaze_data import estimation_sets
 from export import load_any_refiner
-from distribution import distribute, is_chief, run_on_replicas
+from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
 from model import MAX_WITHIN_DEGREES, angular_error, batch_mean, build_estimator, euclidean_loss, share_within
 from training_loop import TrainingLoop, make_optimizer, minimize, write_first_batch
 from utils import write_json
@@ -108,7 +108,9 @@ class EstimatorTrainer:
         """Epochs until the cap or the patience runs out; False when a stop was requested."""
         steps_per_epoch = len(self.sets.training[0]) // self.config.batch_size
         seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
-        batches = iter(self.sets.training_batches(seed))
+        batches = distributed_batches(
+            self.strategy, lambda replica_batch, shard: self.sets.training_batches(replica_batch, seed, shard),
+            self.config.batch_size)
         while self._epochs_left():
             if not self._train_epoch(batches, steps_per_epoch, loop):
                 return False
@@ -125,7 +127,7 @@ class EstimatorTrainer:
                       initial=done, total=steps_per_epoch):
             images, gaze = next(batches)
             if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
-                write_first_batch(images, self.config, self.paths.sample_dir)
+                write_first_batch(local_batch(self.strategy, images), self.config, self.paths.sample_dir)
             losses = self.train_step(images, gaze)
             step = int(self.optimizer.iterations.numpy())
             loop.log(losses, step)
@@ -135,7 +137,7 @@ class EstimatorTrainer:
 
     def _end_epoch(self):
         """Validate; keep the weights if they are the best so far; count the epochs since."""
-        error = float(np.mean(self._errors(self.sets.validation_batches())))
+        error = float(np.mean(self._errors(self.sets.validation_batches(self.config.batch_size))))
         self.epoch.assign_add(1)
         epoch, step = int(self.epoch.numpy()), int(self.optimizer.iterations.numpy())
         tf.summary.scalar("validation/angular_error", error, step=step)
@@ -169,7 +171,7 @@ class EstimatorTrainer:
         """Mean angular error and the share within 0..25 degrees on the real images: table, TensorBoard, JSON."""
         checkpoint = self._restore_best()
         count = len(self.sets.real[0])
-        batches = tqdm(self.sets.real_batches(), total=-(-count // self.config.batch_size),
+        batches = tqdm(self.sets.real_batches(self.config.batch_size), total=-(-count // self.config.batch_size),
                        desc="Evaluate on real images")
         errors = self._errors(batches)
         within = share_within(errors).numpy()

@@ -89,15 +89,18 @@ def refiner_losses(refined_logits, refined, synthetic, reg_scale, global_batch_s
     }
 
 
-def discriminator_losses(fake_logits, real_logits, num_fresh, global_batch_size):
-    """Fake (num_fresh fresh, then history) should score fake, real should score real; (shares of) batch means."""
+def discriminator_losses(fake_logits, real_logits, from_history, global_batch_size):
+    """Fake (fresh and history; from_history (batch,) bool tells which) should score fake, real should score real.
+
+    (Shares of) global batch means, so the losses of micro-batches add up to those of their batch.
+    """
     fake = patch_cross_entropy(fake_logits, FAKE_LABEL)
     real = patch_cross_entropy(real_logits, REAL_LABEL)
     return {
         # The original names the real images' loss `synthetic_d_loss`; the tag is kept.
         "synthetic_d_loss": batch_mean(real, global_batch_size),
         # As the original: the loss on the history half alone.
-        "refiner_d_loss_with_history": batch_mean(fake[num_fresh:], global_batch_size // 2),
+        "refiner_d_loss_with_history": batch_mean(tf.where(from_history, fake, 0.0), global_batch_size // 2),
         "discrim_loss_with_history": batch_mean(fake + real, global_batch_size),
     }
 

@@ -15,19 +15,21 @@ from checkpoints import Checkpoints
 from config import image_shape
 from data.history_buffer import HistoryBuffer
 from export import RefinerExporter
-from distribution import distribute, is_chief, run_on_replicas
+from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
                    self_regularization)
 from training_loop import TrainingLoop, apply_gradients, make_optimizer, minimize
 from utils import denormalize, img_tile, save_image
 
-MICRO_BATCH = 32  # refiner images whose activations are alive at once (tests/benchmark.py: no slower than whole batches)
+# Pixels of the images whose activations are alive at once in a step: 32 gaze crops of 35x55 (tests/benchmark.py:
+# no slower than whole batches), one 224x224 hand crop (the hand refiner keeps some 0.5 GB of activations an image).
+MICRO_BATCH_PIXELS = 32 * 35 * 55
 
 
-def micro_batches(batch_size):
-    """Equal parts a refiner batch is split into, each at most MICRO_BATCH images."""
-    return next(parts for parts in range(1, batch_size + 1) if batch_size % parts == 0
-                and batch_size // parts <= MICRO_BATCH)
+def micro_batches(batch_size, image_shape=(35, 55, 1)):
+    """Equal parts a replica's batch is split into, each of at most MICRO_BATCH_PIXELS pixels (or one image)."""
+    most = max(1, MICRO_BATCH_PIXELS // (image_shape[0] * image_shape[1]))
+    return next(parts for parts in range(1, batch_size + 1) if batch_size % parts == 0 and batch_size // parts <= most)
 
 
 class Trainer:
@@ -64,7 +66,7 @@ class Trainer:
                                        announce=self.chief, on_save=export, chief=self.chief)
         # XLA on CPUs runs convolutions inside a loop body very slowly (minutes per step): one pass there.
         self.replica_batch = config.batch_size // replicas
-        self.micro_batches = 1 if config.jit_compile else micro_batches(self.replica_batch)
+        self.micro_batches = 1 if config.jit_compile else micro_batches(self.replica_batch, self.image_shape)
         # Each step: a per-replica body (arithmetic only, XLA-compiled with --jit_compile) run on every replica.
         self.replica_steps = {name: tf.function(body, jit_compile=config.jit_compile) for name, body in (
             ("pretrain_refiner", self._pretrain_refiner_step), ("refiner", self._refiner_step),
@@ -83,9 +85,9 @@ class Trainer:
         """(losses, refined) of one adversarial refiner step on a global batch."""
         return self.compiled_steps["refiner"](distribute(self.strategy, synthetic))
 
-    def discriminator_step(self, synthetic, history, real):
-        """The losses of one discriminator step: global batches of synthetic, history (half) and real images."""
-        fresh = synthetic[: self.config.batch_size // 2]  # the global batch's first half, shared out, is refined
+    def discriminator_step(self, fresh, history, real):
+        """The losses of one discriminator step: half a batch of synthetic images to refine now, half a batch
+        of history and a batch of real images (global batches, or batches distributed_batches shared out)."""
         return self.compiled_steps["discriminator"](*(distribute(self.strategy, batch)
                                                       for batch in (fresh, history, real)))
 
@@ -96,9 +98,11 @@ class Trainer:
         def losses(chunk):
             refined = self.refiner(chunk, training=True)
             loss = batch_mean(self_regularization(refined, chunk, self.config.reg_scale), self.config.batch_size)
-            return {"regularization_loss": loss, "loss": loss}, refined
+            return {"regularization_loss": loss, "loss": loss}, (refined,)
 
-        return self._update_refiner(synthetic, losses, ("regularization_loss", "loss"))
+        losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
+                                          ("regularization_loss", "loss"), outputs=1)
+        return losses, refined
 
     def _refiner_step(self, synthetic):
         """Make refined images look real to the discriminator while staying close to the synthetic ones."""
@@ -106,48 +110,55 @@ class Trainer:
             refined = self.refiner(chunk, training=True)
             refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2) gaze, (chunk, 7, 7, 2) hand
             return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale,
-                                  self.config.batch_size), refined
+                                  self.config.batch_size), (refined,)
 
-        return self._update_refiner(synthetic, losses, ("realism_loss", "regularization_loss", "loss"))
-
-    def _update_refiner(self, synthetic, chunk_losses, names):
-        """One refiner step with its gradients summed over equal micro-batches, one after another.
-
-        The losses are sums over the global batch size, so this is the update of one pass over the
-        whole batch, but only one micro-batch's activations are alive at a time: at batch 512, 1.1 GB
-        less in fp32.
-        """
-        chunks, variables = self.micro_batches, self.refiner.trainable_variables
-        if chunks == 1:
-            with tf.GradientTape() as tape:
-                losses, refined = chunk_losses(synthetic)
-            minimize(self.refiner_optimizer, tape, losses["loss"], variables)
-            return losses, refined
-        size = self.replica_batch // chunks
-        gradients = [tf.zeros_like(variable) for variable in variables]
-        totals = {name: tf.constant(0.0) for name in names}
-        refined = tf.TensorArray(self.refiner.compute_dtype, size=chunks)
-        for index in tf.range(chunks):  # a tf.while_loop: its iterations run in order
-            with tf.GradientTape() as tape:
-                losses, chunk_refined = chunk_losses(synthetic[index * size:(index + 1) * size])
-                scaled_loss = self.refiner_optimizer.scale_loss(losses["loss"])
-            chunk_gradients = tape.gradient(scaled_loss, variables)
-            gradients = [total + gradient for total, gradient in zip(gradients, chunk_gradients)]
-            totals = {name: totals[name] + losses[name] for name in names}
-            refined = refined.write(index, chunk_refined)
-        apply_gradients(self.refiner_optimizer, gradients, variables)
-        return totals, refined.concat()
+        losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
+                                          ("realism_loss", "regularization_loss", "loss"), outputs=1)
+        return losses, refined
 
     def _discriminator_step(self, synthetic, history, real):
         """Tell real images from refined ones: synthetic (half a batch) refined now, half from the history buffer."""
         fresh = self.refiner(synthetic, training=False)
         fake = tf.concat([tf.cast(fresh, history.dtype), history], axis=0)  # bf16/fp16 refiner, fp32 history
-        with tf.GradientTape() as tape:
-            losses = discriminator_losses(self.discriminator(fake, training=True), self.discriminator(real, training=True),
-                                          tf.shape(fresh)[0], self.config.batch_size)
-        minimize(self.discriminator_optimizer, tape, losses["discrim_loss_with_history"],
-                 self.discriminator.trainable_variables)
+        from_history = tf.range(tf.shape(fake)[0]) >= tf.shape(fresh)[0]
+
+        def losses(fake_chunk, from_history_chunk, real_chunk):
+            return discriminator_losses(self.discriminator(fake_chunk, training=True),
+                                        self.discriminator(real_chunk, training=True), from_history_chunk,
+                                        self.config.batch_size), ()
+
+        losses, _ = self._update(self.discriminator, self.discriminator_optimizer, (fake, from_history, real), losses,
+                                 ("synthetic_d_loss", "refiner_d_loss_with_history", "discrim_loss_with_history"))
         return losses
+
+    def _update(self, network, optimizer, inputs, chunk_losses, names, outputs=0):
+        """One step of network with its gradients summed over equal micro-batches of inputs, one after another.
+
+        inputs: batches of the replica's batch size; chunk_losses(*chunks) -> (losses, `outputs` tensors
+        per image). The losses are sums over the global batch size, so this is the update of one pass over
+        the whole batch, but only one micro-batch's activations are alive at a time: at batch 512, 1.1 GB
+        less in fp32 for the gaze refiner. The last of names is the loss minimized.
+        """
+        chunks, variables = self.micro_batches, network.trainable_variables
+        if chunks == 1:
+            with tf.GradientTape() as tape:
+                losses, chunk_outputs = chunk_losses(*inputs)
+            minimize(optimizer, tape, losses[names[-1]], variables)
+            return losses, chunk_outputs
+        size = self.replica_batch // chunks
+        gradients = [tf.zeros_like(variable) for variable in variables]
+        totals = {name: tf.constant(0.0) for name in names}
+        written = [tf.TensorArray(network.compute_dtype, size=chunks) for _ in range(outputs)]
+        for index in tf.range(chunks):  # a tf.while_loop: its iterations run in order
+            with tf.GradientTape() as tape:
+                losses, chunk_outputs = chunk_losses(*(batch[index * size:(index + 1) * size] for batch in inputs))
+                scaled_loss = optimizer.scale_loss(losses[names[-1]])
+            chunk_gradients = tape.gradient(scaled_loss, variables)
+            gradients = [total + gradient for total, gradient in zip(gradients, chunk_gradients)]
+            totals = {name: totals[name] + losses[name] for name in names}
+            written = [array.write(index, output) for array, output in zip(written, chunk_outputs)]
+        apply_gradients(optimizer, gradients, variables)
+        return totals, tuple(array.concat() for array in written)
 
     # ---- the schedule ----
 
@@ -159,12 +170,9 @@ class Trainer:
     def train(self):
         """Pre-train the refiner, then the discriminator, then alternate; resumable at any point."""
         self.restore()
-        seed = self.config.random_seed + self.global_step  # a resumed run continues with fresh batches
-        shape, batch = self.image_shape, self.config.batch_size
-        self.synthetic_batches = iter(self.data.synthetic_batches(shape, batch, seed))
-        self.real_batches = iter(self.data.real_batches(shape, batch, seed))
+        self._open_batches(self.config.random_seed + self.global_step)  # a resumed run continues with fresh batches
         rows, cols = self.config.sample_image_grid  # fixed images: every sample grid is comparable
-        self.test_images = self.data.test_images(shape, rows * cols)
+        self.test_images = self.data.test_images(self.image_shape, rows * cols)
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
         loop = TrainingLoop(self.config, self.checkpoints, self.strategy)
@@ -174,6 +182,22 @@ class Trainer:
                     break
         self.checkpoints.save(self.global_step)
         self.checkpoints.close()
+
+    def _open_batches(self, seed):
+        """The three input streams; in a cluster each worker reads only its replicas' shares of each batch.
+
+        The discriminator refines half a batch of fresh synthetic images (the other half comes from the
+        history), drawn from a stream of its own: no image is decoded to be dropped.
+        """
+        shape, batch, data = self.image_shape, self.config.batch_size, self.data
+
+        def stream(batches, size, stream_seed):
+            return distributed_batches(
+                self.strategy, lambda replica_batch, shard: batches(shape, replica_batch, stream_seed, shard), size)
+
+        self.synthetic_batches = stream(data.synthetic_batches, batch, seed)
+        self.fresh_batches = stream(data.synthetic_batches, batch // 2, seed + 1)
+        self.real_batches = stream(data.real_batches, batch, seed)
 
     def _train_refiner(self):
         """`initial_K_g` refiner steps on self-regularization; the last 10% fill the history buffer."""
@@ -222,7 +246,7 @@ class Trainer:
     def _discriminate(self):
         """One discriminator step on fresh, history and real images, logged on the discriminator's counter."""
         history = self.history_buffer.sample()
-        losses = self.discriminator_step(next(self.synthetic_batches), history, next(self.real_batches))
+        losses = self.discriminator_step(next(self.fresh_batches), history, next(self.real_batches))
         self.loop.log(losses, int(self.discriminator_optimizer.iterations.numpy()))
 
     def _log_refiner(self, losses):
@@ -233,7 +257,7 @@ class Trainer:
     def _ensure_history(self):
         """With no refiner warm-up the buffer is empty; seed it with one refined batch."""
         if len(self.history_buffer) == 0:
-            self.history_buffer.push(self.refine(next(self.synthetic_batches)))
+            self.history_buffer.push(self.refine(local_batch(self.strategy, next(self.synthetic_batches))))
 
     # ---- summaries, samples, checkpoints ----
 

@@ -1,13 +1,15 @@
 """Gaze data: find (or make) UnityEyes crops and MPIIGaze eyes, and assemble what each task trains on.
 
 `load_gaze_data` finds the data, makes what is missing once (crops, the MPIIGaze download and its
-`gaze.npz` cache, the bundled sample) and returns a `GazeData`; for the estimation task it also reads
+real images' cache, the bundled sample) and returns a `GazeData`; for the estimation task it also reads
 the labels and holds out the validation files, so the flags can be checked against the split before
 any network is built. `estimation_sets` then hands the estimator its training, validation and real
-images, refined first when a refiner is given. Bad files are skipped with one line per kind of
+images, refined first when a refiner is given. Nothing of a data set's size is held in memory: the
+images stay in files read a batch at a time. Bad files are skipped with one line per kind of
 problem; only when nothing usable is left is it a `DataError`.
 """
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from data import mpiigaze, unityeyes
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, split_by_file
 from data.image_folder import is_image, is_plain_image_folder, readable_images
-from data.pipelines import labelled_dataset, load_crops, real_dataset, synthetic_dataset
+from data.pipelines import array_batches, save_crops, synthetic_dataset
 from data.reports import DataError, report_skipped, summary
 from data.sample_data import write_sample
 from utils import OutputError
@@ -43,7 +45,7 @@ class GazeData:
     synthetic_dir: str
     gaze_dir: str                # DATA_DIR/gaze, or the bundled sample's folder
     is_sample: bool              # the bundled sample, never mixed with real data
-    real_images: np.ndarray      # (N, 36, 60) uint8
+    real_images: object          # (N, 36, 60) uint8, an NpyRows read from disk by row
     real_gaze: np.ndarray        # (N, 3) float32, MPIIGaze's camera frame
     real_right_eye: np.ndarray   # (N,) bool: which real images are right eyes
     split: EstimationSplit = None  # training the estimator only
@@ -56,13 +58,16 @@ class GazeData:
     def num_synthetic(self):
         return len(self.synthetic_paths)
 
-    def synthetic_batches(self, input_shape, batch_size, seed):
-        """Synthetic crops in [-1, 1]: shuffled with seed, reshuffled each epoch, fixed-size batches."""
-        return synthetic_dataset(self.synthetic_paths, input_shape, batch_size, seed)
+    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
+        """Synthetic crops in [-1, 1]: shuffled with seed, reshuffled each epoch, fixed-size batches.
 
-    def real_batches(self, input_shape, batch_size, seed):
+        shard: (input pipelines, this one's index): a worker of a cluster reads only its share.
+        """
+        return synthetic_dataset(self.synthetic_paths, input_shape, batch_size, seed, shard=shard)
+
+    def real_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
         """Real eyes in [-1, 1], as synthetic_batches."""
-        return real_dataset(self.real_images, input_shape, batch_size, seed)
+        return array_batches(self.real_images, input_shape, batch_size, seed, shard=shard)
 
     @property
     def synthetic_names(self):
@@ -176,67 +181,112 @@ def _load_plain_images(directory):
 
 
 def _load_real(gaze_dir, real_dir, download):
-    """(images, gaze, right_eye) from the gaze.npz cache, else from the .mat files (downloaded if missing)."""
-    cache = os.path.join(gaze_dir, "gaze.npz")
-    if os.path.exists(cache):
+    """(images, gaze, right_eye) from the cache in gaze_dir, made from the .mat files (downloaded if missing).
+
+    images is read by row from disk (an NpyRows); only when the cache cannot be written are they in memory.
+    """
+    images_path, labels_path = mpiigaze.cache_files(gaze_dir)
+    old_cache = os.path.join(gaze_dir, mpiigaze.OLD_CACHE)
+    if not os.path.exists(labels_path) and os.path.exists(old_cache):
+        print(f"[*] Converting {old_cache} (one file, loaded whole) to {os.path.basename(images_path)} and "
+              f"{os.path.basename(labels_path)} (read a batch at a time), once")
         try:
-            return mpiigaze.load_cache(cache)
+            mpiigaze.convert_old_cache(old_cache, gaze_dir)
         except ValueError as error:
-            print(f"[!] Rebuilding {cache}: {error}")
+            print(f"[!] Cannot convert {old_cache} ({error}): reading the .mat files again")
+        except OSError as error:
+            print(f"[!] Cannot convert {old_cache} ({error}): reading it whole this run")
+            return _load_old_cache(old_cache)
+    if os.path.exists(labels_path):
+        try:
+            return mpiigaze.load_cache(gaze_dir)
+        except ValueError as error:
+            print(f"[!] Rebuilding the real images' cache in {gaze_dir}: {error}")
     day_files = mpiigaze.find_day_files(real_dir)
     if not day_files and download:
         fetch_mpiigaze(gaze_dir, real_dir)
         day_files = mpiigaze.find_day_files(real_dir)
     if not day_files:
         raise DataError(f"no MPIIGaze files {os.path.join(real_dir, 'Data', 'Normalized', 'pXX', 'dayYY.mat')}")
-    images, gaze, right_eye, skipped = mpiigaze.read_days(day_files, root=real_dir)
-    report_skipped(skipped, real_dir)
-    if not len(images):
-        raise DataError(f"no usable MPIIGaze file in {real_dir} ({len(day_files)} .mat files, all skipped)")
     try:
-        mpiigaze.save_cache(cache, images, gaze, right_eye)
+        count, skipped = mpiigaze.write_cache(gaze_dir, day_files, root=real_dir)
     except OSError as error:
-        print(f"[!] Cannot cache the real images ({error}); they will be read again next run")
-    return images, gaze, right_eye
+        print(f"[!] Cannot cache the real images ({error}); they are read into memory, and again next run")
+        images, gaze, right_eye, skipped = mpiigaze.read_days(day_files, root=real_dir)
+        count, real = len(images), (images, gaze, right_eye)
+    else:
+        real = mpiigaze.load_cache(gaze_dir) if count else None
+    report_skipped(skipped, real_dir)
+    if not count:
+        raise DataError(f"no usable MPIIGaze file in {real_dir} ({len(day_files)} .mat files, all skipped)")
+    return real
+
+
+def _load_old_cache(path):
+    """(images, gaze, right_eye) of a gaze.npz of earlier versions, in memory: when it cannot be converted."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays["real"], arrays["gaze"].astype(np.float32), arrays["right_eye"].astype(bool)
+    except Exception as error:  # a damaged file: BadZipFile, KeyError, OSError, ValueError
+        raise DataError(f"cannot read {path} ({type(error).__name__}) nor write a new cache beside it") from None
 
 
 # ---- what the estimator trains and is tested on ----
 
 @dataclass
 class EstimationSets:
-    """uint8 images with their gaze, in memory; batches in [-1, 1] at the input size on request."""
-    training: tuple     # (images (N, H, W, C) at the input size, gaze (N, 3)); None when only evaluating
+    """Images with their gaze, read by row from disk; batches in [-1, 1] at the input size on request."""
+    training: tuple     # (images (N, H, W, C) uint8 at the input size, gaze (N, 3)); None when only evaluating
     validation: tuple
-    real: tuple         # every real eye (N, 36, 60), right eyes mirrored into left eyes
+    real: tuple         # (every real eye (N, 36, 60), gaze (N, 3), right_eye (N,)): mirrored per batch
     input_shape: tuple
-    batch_size: int
     right_eyes_mirrored: int
     is_sample: bool     # the bundled sample, not real data
+    folder: object = None  # the temporary folder of the crops at the input size, removed with these sets
 
-    def training_batches(self, seed):
-        """Shuffled with seed, repeated, fixed-size batches."""
-        return labelled_dataset(*self.training, self.input_shape, self.batch_size, seed)
+    def training_batches(self, batch_size, seed, shard=(1, 0)):
+        """Shuffled with seed, repeated, fixed-size batches of (images, gaze)."""
+        images, gaze = self.training
+        return array_batches(images, self.input_shape, batch_size, seed, labels=gaze, shard=shard)
 
-    def validation_batches(self):
-        return labelled_dataset(*self.validation, self.input_shape, self.batch_size)
+    def validation_batches(self, batch_size):
+        images, gaze = self.validation
+        return array_batches(images, self.input_shape, batch_size, labels=gaze)
 
-    def real_batches(self):
-        return labelled_dataset(*self.real, self.input_shape, self.batch_size)
+    def real_batches(self, batch_size):
+        """Every real eye once, in order, the right eyes mirrored into left eyes (see as_left_eyes)."""
+        images, gaze, right_eye = self.real
+
+        def left_eyes(rows, labels, indices):
+            return as_left_eyes(rows, labels, right_eye[indices])
+
+        return array_batches(images, self.input_shape, batch_size, labels=gaze, transform=left_eyes)
 
 
 def estimation_sets(data, input_shape, batch_size, refine=None):
-    """The estimator's sets; the synthetic ones refined once, in memory, when refine (a refiner) is given."""
-    real = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)
-    facts = dict(input_shape=tuple(input_shape), batch_size=batch_size, right_eyes_mirrored=int(np.sum(data.real_right_eye)), is_sample=data.is_sample)
+    """The estimator's sets; the synthetic ones cut to the input size (refined when refine is given) once, on disk."""
+    real = (data.real_images, data.real_gaze, data.real_right_eye)
+    facts = dict(input_shape=tuple(input_shape), right_eyes_mirrored=int(np.sum(data.real_right_eye)),
+                 is_sample=data.is_sample)
     if data.split is None:
         return EstimationSets(None, None, real, **facts)
     kind = "synthetic" if refine is None else "refined"
     split = data.split
     print(f"[*] {len(split.training_paths)} {kind} images to train on, {len(split.validation_paths)} to validate "
           f"on (held out by file); {len(real[0])} real images to test on")
+    folder = _crops_folder(data.gaze_dir)
     loaded = []
     for name, paths, gaze in (("training", split.training_paths, split.training_gaze),
                               ("validation", split.validation_paths, split.validation_gaze)):
+        target = os.path.join(folder.name, f"{name}.npy")
         desc = f"{'Refine' if refine else 'Load'} {name} images"
-        loaded.append((load_crops(paths, input_shape, LOAD_BATCH, refine, desc=desc), gaze))
-    return EstimationSets(*loaded, real, **facts)
+        loaded.append((save_crops(paths, input_shape, LOAD_BATCH, target, refine, desc=desc), gaze))
+    return EstimationSets(*loaded, real, **facts, folder=folder)
+
+
+def _crops_folder(gaze_dir):
+    """A hidden temporary folder beside the data (the system's temporary folder if that is read-only)."""
+    try:
+        return tempfile.TemporaryDirectory(prefix=".estimation_crops-", dir=gaze_dir)
+    except OSError:
+        return tempfile.TemporaryDirectory(prefix="simgan_estimation_crops-")

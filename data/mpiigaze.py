@@ -1,20 +1,27 @@
-"""MPIIGaze normalized eye images: read the dayYY.mat files, stack both eyes, cache as gaze.npz.
+"""MPIIGaze normalized eye images: read the dayYY.mat files, both eyes, into a cache read by row.
 
-The cache keeps which image is a right eye (`right_eye`), so evaluation can mirror them into left eyes.
+The cache is `mpiigaze_images.npy` (N x 36 x 60 uint8, read a batch at a time, never whole) and
+`mpiigaze_labels.npz` (gaze, and which image is a right eye, so evaluation can mirror them into left
+eyes). Earlier versions kept everything in one `gaze.npz`, loaded whole; it is converted once.
 
 Pure host code (numpy, SciPy). A bad .mat is never fatal here: `read_days`
 reports it in its `skipped` dict so the caller can print one line per kind.
 """
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import scipy.io
+from tqdm import tqdm
 
+from data.npy_file import read_rows, write_rows
 from data.unityeyes import natural_key
 from utils import atomic_write
 
 IMAGE_SHAPE = (36, 60)  # height x width of MPIIGaze's normalized eye images
+CACHE_IMAGES, CACHE_LABELS = 'mpiigaze_images.npy', 'mpiigaze_labels.npz'
+OLD_CACHE = 'gaze.npz'
 
 UNREADABLE = 'truncated or unreadable .mat'
 NO_DATA = 'no struct named data'
@@ -77,45 +84,112 @@ def read_day(path):
     return np.concatenate([left_images, right_images]), np.concatenate([left_gaze, right_gaze]), right_eye
 
 
-def read_days(paths, root=None):
-    """Stack every usable file: (images, gaze, right_eye, skipped) with skipped = {reason: [file, ...]}."""
-    images, gaze, right_eye, skipped = [], [], [], {}
-    for path in paths:
+def iter_days(paths, skipped, root=None):
+    """(images, gaze, right_eye) of each usable file in turn, with a progress bar; bad files go into skipped."""
+    for path in tqdm(paths, desc='Read MPIIGaze .mat files', unit='file', disable=None if len(paths) >= 20 else True):
         try:
-            day_images, day_gaze, day_right_eye = read_day(path)
+            yield read_day(path)
         except BadMat as e:
             name = os.path.relpath(path, root) if root else os.path.basename(path)
             skipped.setdefault(str(e), []).append(name)
-            continue
-        images.append(day_images)
-        gaze.append(day_gaze)
-        right_eye.append(day_right_eye)
-    if not images:
+
+
+def read_days(paths, root=None):
+    """Stack every usable file in memory: (images, gaze, right_eye, skipped), skipped = {reason: [file, ...]}."""
+    skipped = {}
+    days = list(iter_days(paths, skipped, root))
+    if not days:
         return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0, 3), np.float32), np.zeros(0, bool), skipped
-    return np.concatenate(images), np.concatenate(gaze), np.concatenate(right_eye), skipped
+    images, gaze, right_eye = (np.concatenate(parts) for parts in zip(*days))
+    return images, gaze, right_eye, skipped
 
 
-def load_cache(path):
-    """(images, gaze, right_eye) from a gaze.npz cache; ValueError with the reason if it is old or damaged."""
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            files = sorted(cache.files)
-            images = cache['real'] if 'real' in files else None
-            gaze = cache['gaze'] if 'gaze' in files else None
-            right_eye = cache['right_eye'] if 'right_eye' in files else None
-    except Exception as e:  # BadZipFile, EOFError, OSError, ValueError: a damaged file
-        raise ValueError(f'unreadable ({type(e).__name__})') from e
-    if images is None or gaze is None or right_eye is None:
-        raise ValueError(f'it holds {files}, not real, gaze and right_eye (an older cache)')
-    if (images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE
-            or not len(images) or gaze.shape != (len(images), 3) or gaze.dtype.kind != 'f'):
-        raise ValueError(f'unexpected shapes real {images.shape}, gaze {gaze.shape}')
-    if right_eye.dtype != bool or right_eye.shape != (len(images),):
-        raise ValueError(f'unexpected right_eye {right_eye.dtype} {right_eye.shape}')
-    return images, gaze.astype(np.float32), right_eye
+# ---- the cache: the images as a .npy read by row, the labels beside them ----
+
+def cache_files(folder):
+    """(images .npy, labels .npz) of the cache in folder; the labels are written last and mark it complete."""
+    return os.path.join(folder, CACHE_IMAGES), os.path.join(folder, CACHE_LABELS)
 
 
-def save_cache(path, images, gaze, right_eye):
-    """Write gaze.npz atomically (keys real, gaze, right_eye) so an interrupted run never leaves half a cache."""
-    arrays = dict(real=images, gaze=gaze, right_eye=np.asarray(right_eye, bool))
+def write_cache(folder, paths, root=None):
+    """Read the .mat files into the cache one day at a time; returns (images written, skipped).
+
+    Only a day's images are in memory at once: 427,318 eyes are 0.9 GB. OutputError if it cannot be
+    written; nothing is left under the cache's names then.
+    """
+    images_path, labels_path = cache_files(folder)
+    skipped, gaze, right_eye = {}, [], []
+
+    def day_images():
+        for day_images, day_gaze, day_right_eye in iter_days(paths, skipped, root):
+            gaze.append(day_gaze)
+            right_eye.append(day_right_eye)
+            yield day_images
+
+    count = write_rows(images_path, IMAGE_SHAPE, np.uint8, day_images())
+    if count:
+        _write_labels(labels_path, np.concatenate(gaze), np.concatenate(right_eye))
+    else:
+        os.remove(images_path)
+    return count, skipped
+
+
+def _write_labels(path, gaze, right_eye):
+    arrays = dict(gaze=np.asarray(gaze, np.float32), right_eye=np.asarray(right_eye, bool))
     atomic_write(os.fspath(path), lambda handle: np.savez(handle, **arrays))  # a handle: savez adds no .npz
+
+
+def load_cache(folder):
+    """(images as NpyRows, gaze, right_eye) of the cache in folder; ValueError with the reason if it is damaged."""
+    images_path, labels_path = cache_files(folder)
+    try:
+        with np.load(labels_path, allow_pickle=False) as labels:
+            gaze, right_eye = labels['gaze'], labels['right_eye']
+    except KeyError as e:
+        raise ValueError(f'{CACHE_LABELS} lacks {e}') from None
+    except Exception as e:  # BadZipFile, EOFError, OSError, ValueError: a damaged file
+        raise ValueError(f'{CACHE_LABELS} unreadable ({type(e).__name__})') from None
+    images = read_rows(images_path)
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or not len(images):
+        raise ValueError(f'{CACHE_IMAGES} holds {images.dtype} {images.shape}, not N x {IMAGE_SHAPE} uint8')
+    if gaze.shape != (len(images), 3) or gaze.dtype.kind != 'f' or right_eye.shape != (len(images),):
+        raise ValueError(f'labels of {gaze.shape} / {right_eye.shape} for {len(images)} images')
+    return images, gaze.astype(np.float32), right_eye.astype(bool)
+
+
+def convert_old_cache(old_path, folder):
+    """Rewrite a gaze.npz of earlier versions as the cache in folder, a chunk of rows at a time; then remove it.
+
+    ValueError if it is not a complete cache of that format (it is then left as it is).
+    """
+    try:
+        with zipfile.ZipFile(old_path) as archive:
+            with np.load(old_path, allow_pickle=False) as arrays:
+                gaze, right_eye = arrays['gaze'], arrays['right_eye']  # small: only the images are streamed
+            with archive.open('real.npy') as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(member)
+                if dtype != np.uint8 or tuple(shape[1:]) != IMAGE_SHAPE or gaze.shape != (shape[0], 3):
+                    raise ValueError(f'real {dtype} {shape}, gaze {gaze.shape}')
+                images_path, labels_path = cache_files(folder)
+                # Column-major images (saved straight from loadmat's arrays) have no rows to stream: read whole once.
+                rows = _chunks(member, shape[0]) if not fortran_order else np.array_split(
+                    np.load(old_path)['real'], max(1, shape[0] // 4096))
+                write_rows(images_path, IMAGE_SHAPE, np.uint8, rows)
+    except (KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f'not a complete cache ({type(e).__name__})') from None
+    _write_labels(labels_path, gaze, right_eye)
+    os.remove(old_path)
+
+
+def _chunks(member, count, rows=4096):
+    """count images of a stream, rows at a time, with a progress bar."""
+    row_bytes = int(np.prod(IMAGE_SHAPE))
+    for start in tqdm(range(0, count, rows), desc='Convert gaze.npz', unit='chunk',
+                      disable=None if count >= 100 * rows else True):
+        data = member.read(row_bytes * min(rows, count - start))
+        if len(data) != row_bytes * min(rows, count - start):
+            raise EOFError('truncated')
+        yield np.frombuffer(data, np.uint8).reshape(-1, *IMAGE_SHAPE)

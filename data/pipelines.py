@@ -1,4 +1,4 @@
-"""tf.data pipelines: crops, real images and labelled images as batches in [-1, 1].
+"""tf.data pipelines: image files and arrays on disk as batches in [-1, 1], read a batch at a time.
 
 Every image reaches the networks through `to_network_input`, resized as the original resized
 every batch (TF 0.12's `tf.image.resize_images`: bilinear, no antialiasing, no half-pixel centres).
@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from data.npy_file import read_rows, write_rows
 from utils import denormalize, normalize
 
 
@@ -40,69 +41,80 @@ def _decode_crop(path, input_shape):
     return to_network_input(image[None], input_shape)[0]
 
 
-def synthetic_dataset(paths, input_shape, batch_size, seed, training=True):
-    """Synthetic crops in [-1, 1].
+def _indices(count, seed, shard):
+    """Row indices of this input pipeline's shard: shuffled with seed, reshuffled each epoch, repeated.
+
+    Shuffled as indices, not as images: the shuffle buffer holds 8 bytes an item whatever the images'
+    size. seed None: in order, once. shard: (pipelines, this pipeline's index), as tf.distribute's
+    InputContext gives them; each pipeline reads every pipelines-th item, so the shards are disjoint.
+    """
+    pipelines, index = shard
+    indices = tf.data.Dataset.range(index, count, pipelines)
+    if seed is None:
+        return indices
+    return indices.shuffle(len(range(index, count, pipelines)), seed=seed, reshuffle_each_iteration=True).repeat()
+
+
+def synthetic_dataset(paths, input_shape, batch_size, seed, training=True, shard=(1, 0)):
+    """Synthetic crops (image files) in [-1, 1], decoded a batch at a time.
 
     training: shuffled with the seed, repeated, fixed-size batches (one trace of each step).
-    Otherwise: sorted order, once, the last partial batch included, as (images, paths).
+    Otherwise: in the order given, once, the last partial batch included, as (images, paths).
     """
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
+    paths = tf.constant(list(paths), tf.string)  # the names only: 1.2 M of them are some 100 MB
+    indices = _indices(len(paths), seed if training else None, shard)
     if training:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
-        dataset = dataset.map(lambda path: _decode_crop(path, input_shape),
+        dataset = indices.map(lambda index: _decode_crop(paths[index], input_shape),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    dataset = dataset.map(lambda path: (_decode_crop(path, input_shape), path),
+    dataset = indices.map(lambda index: (_decode_crop(paths[index], input_shape), paths[index]),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def real_dataset(real_images, input_shape, batch_size, seed):
-    """Real images (N, 36, 60) uint8 -> batches in [-1, 1]: without replacement, reshuffled each epoch."""
-    images = tf.constant(real_images)
-    indices = tf.data.Dataset.range(len(real_images))
-    indices = indices.shuffle(len(real_images), seed=seed, reshuffle_each_iteration=True).repeat()
-    batches = indices.batch(batch_size, drop_remainder=True)
-    return batches.map(lambda index: to_network_input(tf.gather(images, index), input_shape),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+def array_batches(images, input_shape, batch_size, seed=None, labels=None, names=None, transform=None,
+                  shard=(1, 0)):
+    """Batches in [-1, 1] at the input size from uint8 images read by row index: only a batch is read at a time.
+
+    images: (N, H, W) or (N, H, W, C) uint8, an NpyRows on disk or a numpy array. labels, names: (N, ...)
+    arrays that go with them; the batches are images, (images, labels) or (images, names).
+    transform(images, labels, indices) -> (images, labels), on each batch's numpy arrays (e.g. mirroring).
+    seed given: shuffled with it, reshuffled each epoch, repeated, fixed-size batches (one trace of a
+    training step). seed None: in order, once, the last partial batch included. shard: see _indices.
+    """
+    extra = labels if labels is not None else names
+    extra_dtype = tf.float32 if labels is not None else tf.string
+
+    def read(indices):
+        rows = np.asarray(images[indices])
+        values = None if extra is None else np.asarray(extra[indices])
+        if transform is not None:
+            rows, values = transform(rows, values, indices)
+        return (rows,) if extra is None else (rows, values.astype(np.float32) if labels is not None else values)
+
+    def load(indices):
+        outputs = tf.numpy_function(read, [indices], [tf.uint8] + ([] if extra is None else [extra_dtype]),
+                                    stateful=False)
+        pixels = tf.ensure_shape(outputs[0], (None, *images.shape[1:]))
+        batch = to_network_input(pixels, input_shape)
+        if extra is None:
+            return batch
+        return batch, tf.ensure_shape(outputs[1], (None, *np.shape(extra)[1:]))
+
+    batches = _indices(len(images), seed, shard).batch(batch_size, drop_remainder=seed is not None)
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def named_images_dataset(images, names, input_shape, batch_size):
-    """uint8 images in memory with their names -> (images in [-1, 1], names) batches, in order, once."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, tf.constant(list(names), tf.string))).batch(batch_size)
-    return dataset.map(lambda batch, batch_names: (to_network_input(batch, input_shape), batch_names),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def load_crops(paths, input_shape, batch_size, refine=None, desc="Load synthetic images"):
-    """Every crop once, in order, as uint8 (N, H, W, C) at the network's input size; refined first if refine.
+def save_crops(paths, input_shape, batch_size, target, refine=None, desc="Load synthetic images"):
+    """Every crop once, in order, as uint8 rows (H, W, C) at the network's input size in the .npy target.
 
     refine (a callable on [-1, 1] batches: the refiner) runs inside the tf.data pipeline, batch by
     batch. The result is quantised as test mode's PNGs are, so training on it equals training on
-    refined images written to disk, without the disk.
+    refined images written to disk. Returns the rows as an NpyRows: a batch is in memory at a time.
     """
-    dataset = synthetic_dataset(paths, input_shape, batch_size, 0, training=False)
+    dataset = synthetic_dataset(paths, input_shape, batch_size, None, training=False)
     if refine is not None:
-        def refine_batch(images, names):
-            return refine(images), names
-        dataset = dataset.map(refine_batch)
-    loaded = np.empty((len(paths), *input_shape), np.uint8)
-    start = 0
-    for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc):
-        loaded[start:start + len(images)] = denormalize(images)
-        start += len(images)
-    return loaded
-
-
-def labelled_dataset(images, gaze, input_shape, batch_size, seed=None):
-    """(images in [-1, 1] at the input size, gaze) batches from uint8 images in memory, of any size.
-
-    seed given: shuffled with it, reshuffled each epoch, repeated, fixed-size batches (one trace of
-    the training step). seed None: in order, once, the last partial batch included.
-    """
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(gaze, np.float32)))
-    if seed is not None:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=seed is not None)
-    return dataset.map(lambda batch, labels: (to_network_input(batch, input_shape), labels),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda images, names: (refine(images), names))
+    batches = (denormalize(images) for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc))
+    write_rows(target, input_shape, np.uint8, batches)
+    return read_rows(target)

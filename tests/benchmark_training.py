@@ -17,7 +17,7 @@ from benchmark_common import (CEILING_CHANNELS, conv_flops, make_config, median,
                               tf_ceiling, timed)
 from benchmark_torch import TORCH_INSTALL
 from data.gaze_data import load_gaze_data
-from data.pipelines import real_dataset, synthetic_dataset
+from data.pipelines import array_batches, synthetic_dataset
 from distribution import make_strategy
 from trainer import Trainer
 
@@ -39,7 +39,7 @@ class Feeds:
     def __init__(self, config, data, batch, held=4):
         shape = (config.input_height, config.input_width, config.input_channel)
         self.make_synthetic = lambda seed: synthetic_dataset(data.synthetic_paths, shape, batch, seed)
-        self.make_real = lambda seed: real_dataset(data.real_images, shape, batch, seed)
+        self.make_real = lambda seed: array_batches(data.real_images, shape, batch, seed)
         synthetic = list(self.make_synthetic(1).take(held))
         real = list(self.make_real(1).take(held // 2))
         self.memory = (itertools.cycle(synthetic), itertools.cycle(real))
@@ -68,7 +68,7 @@ def tf_iteration(trainer, feed, K_g, K_d):
         trainer.history_buffer.push(refined)
     for _ in range(K_d):
         history = trainer.history_buffer.sample()
-        discriminator_losses = trainer.discriminator_step(next(synthetic_batches), history, next(real_batches))
+        discriminator_losses = trainer.discriminator_step(next(synthetic_batches)[:len(history)], history, next(real_batches))
     trainer.step.assign_add(1)
     return sync(list(refiner_losses.values()) + list(discriminator_losses.values()))
 
@@ -276,7 +276,7 @@ def measure_breakdown(args, results, trainer, feeds, K_g, K_d):
     calls = max(2, args.steps)
     parts = {
         "refiner_step": lambda: sync(trainer.refiner_step(next(synthetic))[0].values()),
-        "discriminator_step": lambda: sync(trainer.discriminator_step(next(synthetic), history, next(real)).values()),
+        "discriminator_step": lambda: sync(trainer.discriminator_step(next(synthetic)[:len(history)], history, next(real)).values()),
         "history push": lambda: trainer.history_buffer.push(refined),
         "history sample": lambda: float(trainer.history_buffer.sample()[0, 0, 0, 0]),
     }

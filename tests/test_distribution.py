@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import main
-from conftest import ROOT, checkpoint_counters, folder_flags, main_in_process
+from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, main_in_process
 from data.sample_data import write_sample
 
 SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
@@ -36,7 +36,7 @@ images = lambda seed, batch=8: tf.random.stateless_uniform((batch, 35, 55, 1), (
 report = {}
 for trainer, key in zip(trainers, ("one", "two")):
     refiner_losses, refined = trainer.refiner_step(images(1))
-    discriminator_losses = trainer.discriminator_step(images(2), images(3, 4), images(4))
+    discriminator_losses = trainer.discriminator_step(images(2, 4), images(3, 4), images(4))
     report[key] = {"replicas": trainer.strategy.num_replicas_in_sync,
                    "losses": {k: float(v) for k, v in {**refiner_losses, **discriminator_losses}.items()},
                    "refined": refined.numpy().tolist(),
@@ -44,6 +44,7 @@ for trainer, key in zip(trainers, ("one", "two")):
 import main
 runs = json.loads(sys.argv[3])
 report["status"] = main.main(runs["generative"])
+report["bf16_status"] = main.main(runs["generative_bf16"])
 report["estimation_status"] = main.main(runs["estimation"])
 print(json.dumps(report))
 """
@@ -55,9 +56,13 @@ def mirrored(tmp_path_factory):
     root = tmp_path_factory.mktemp("distribution")
     write_sample(root / "gaze", num_synthetic=16, num_real=12, seed=3)
     folders = folder_flags(root, root)
-    runs = {"generative": [*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored"],
+    runs = {"generative": [*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored",
+                           "--mixed_precision=fp32"],
+            "generative_bf16": [*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored_bf16",
+                                "--mixed_precision=bf16"],
             "estimation": [*folders, *MIRRORED, "--task=estimation", "--batch_size=8", "--num_epochs=1",
-                           "--log_step=1", "--sample_image_grid=2,2", "--load_path=estimator"]}
+                           "--log_step=1", "--sample_image_grid=2,2", "--load_path=estimator",
+                           "--mixed_precision=bf16"]}
     result = subprocess.run([sys.executable, "-c", MIRRORED_PROCESS, ROOT, str(root / "equivalence"), json.dumps(runs)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -92,10 +97,24 @@ def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored):
     assert len(list((root / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
 
 
+def test_a_mirrored_run_in_bfloat16_trains_and_resumes_in_float32(mirrored):
+    report, stdout, folders, root = mirrored
+    assert report["bf16_status"] == 0
+    assert "device:CPU:1: 2 replicas, MirroredStrategy, bf16" in stdout
+    model_dir = root / "logs" / "generative_mirrored_bf16"
+    assert checkpoint_counters(model_dir) == (2 + 2, 2 + 1, 1)
+    history = next(value for key, value in checkpoint_values(model_dir).items() if key.startswith("history_buffer/images"))
+    assert history.dtype == np.float32 and np.abs(history).max() > 0  # refined images crossed the replicas
+    resumed = main_in_process(*folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored_bf16")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert checkpoint_counters(model_dir) == (2 + 4, 2 + 2, 2)
+
+
 def test_the_estimator_trains_and_is_evaluated_under_the_same_strategy(mirrored):
     report, stdout, _, root = mirrored
     assert report["estimation_status"] == 0
-    assert stdout.count("2 replicas, MirroredStrategy") == 2  # the start lines of both runs
+    assert stdout.count("2 replicas, MirroredStrategy") == 3  # the start lines of the three runs
+    assert stdout.count("2 replicas, MirroredStrategy, bf16") == 2  # the bfloat16 training run and this one
     evaluation = json.loads((root / "logs" / "estimation_estimator" / "evaluation.json").read_text())
     assert len(evaluation["share_within_degrees"]) == 26
 

@@ -1,5 +1,7 @@
 """The estimation task: the estimator, its error measures, the label conventions, and the CLI end to end."""
+import gc
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from config import ConfigError, check_config, get_config
 from data import mpiigaze
 from data.gaze_data import estimation_sets, load_gaze_data
 from data.gaze_labels import as_left_eyes, label_crops, look_vec_to_gaze, read_look_vec, split_by_file
-from data.pipelines import load_crops
+from data.npy_file import NpyRows
+from data.pipelines import save_crops, to_network_input
 from data.sample_data import write_sample
 from model import (MIN_ESTIMATOR_INPUT, angular_error, build_estimator, build_refiner, euclidean_loss,
                    share_within)
@@ -127,11 +130,11 @@ def pupil_columns(images):
 
 def test_the_pupil_moves_with_gaze_x_in_both_domains(sample):
     """The conventions on the pixels: after conversion, gaze x > 0 puts the pupil on the image right in both."""
-    _, data = sample
+    root, data = sample
     paths, gaze = label_crops(data.synthetic_paths)
-    crops = load_crops(paths, (35, 55, 1), 8)[..., 0]
+    crops = save_crops(paths, (35, 55, 1), 8, str(root / "crops.npy"))[np.arange(len(paths))][..., 0]
     assert np.corrcoef(pupil_columns(crops), gaze[:, 0])[0, 1] > 0.8
-    real, real_gaze = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)
+    real, real_gaze = as_left_eyes(data.real_images[np.arange(NUM_REAL)], data.real_gaze, data.real_right_eye)
     assert np.corrcoef(pupil_columns(real), real_gaze[:, 0])[0, 1] > 0.8
     # The raw look_vec y points up; the pupil's row (down) follows the converted y, not the raw one.
     assert np.allclose(gaze[:, 1], -np.array([read_look_vec(path)[1] for path in paths]), atol=1e-3)
@@ -140,11 +143,11 @@ def test_the_pupil_moves_with_gaze_x_in_both_domains(sample):
 def test_the_cache_keeps_which_images_are_right_eyes(sample):
     root, data = sample
     assert data.real_right_eye.shape == (NUM_REAL,) and data.real_right_eye.sum() == NUM_REAL // 2
-    cache = root / "data" / "gaze" / "gaze.npz"
-    assert mpiigaze.load_cache(cache)[2].sum() == NUM_REAL // 2
-    np.savez(cache, real=data.real_images, gaze=data.real_gaze)  # an older cache, without right_eye
-    with pytest.raises(ValueError, match="older cache"):
-        mpiigaze.load_cache(cache)
+    gaze_dir = root / "data" / "gaze"
+    assert mpiigaze.load_cache(gaze_dir)[2].sum() == NUM_REAL // 2
+    np.savez(mpiigaze.cache_files(gaze_dir)[1], gaze=data.real_gaze)  # labels without right_eye
+    with pytest.raises(ValueError, match="right_eye"):
+        mpiigaze.load_cache(gaze_dir)
     config = get_config([f"--data_dir={root / 'data'}", f"--sample_dir={root / 'samples'}"])
     np.testing.assert_array_equal(load_gaze_data(config).real_right_eye, data.real_right_eye)  # rebuilt
 
@@ -158,12 +161,21 @@ def test_estimation_sets_hold_the_split_the_mirrored_real_eyes_and_the_refined_c
     assert not set(split.training_paths) & set(split.validation_paths)
     sets = estimation_sets(data, (35, 55, 1), 4, refine=lambda images: images * 0 + REFINED_VALUE)
     assert sets.training[0].shape == (18, 35, 55, 1) and sets.validation[0].shape == (6, 35, 55, 1)
-    assert np.all(sets.training[0] == np.rint((REFINED_VALUE + 1) * 127.5))  # refined, quantised as a PNG
+    assert isinstance(sets.training[0], NpyRows)  # on disk, read a batch at a time
+    assert np.all(sets.training[0][np.arange(18)] == np.rint((REFINED_VALUE + 1) * 127.5))  # quantised as a PNG
     np.testing.assert_array_equal(sets.training[1], split.training_gaze)
-    mirrored = as_left_eyes(data.real_images, data.real_gaze, data.real_right_eye)[1]
-    np.testing.assert_array_equal(sets.real[1], mirrored)
+    mirrored_images, mirrored = as_left_eyes(data.real_images[np.arange(NUM_REAL)], data.real_gaze,
+                                             data.real_right_eye)
+    batches = list(sets.real_batches(4))
+    assert [len(images) for images, _ in batches] == [4] * 5
+    np.testing.assert_array_equal(np.concatenate([gaze for _, gaze in batches]), mirrored)  # mirrored per batch
+    np.testing.assert_allclose(np.concatenate([images for images, _ in batches]),
+                               to_network_input(mirrored_images, (35, 55, 1)), atol=1e-6)
     assert sets.right_eyes_mirrored == NUM_REAL // 2 and sets.is_sample is False
-    assert [len(images) for images, _ in sets.real_batches()] == [4] * 5
+    folder = sets.folder.name
+    del sets
+    gc.collect()
+    assert not os.path.exists(folder)  # the crops at the input size go with the sets
     evaluation_only = estimation_sets(load_gaze_data(get_config([f"--data_dir={root / 'data'}", "--task=estimation",
                                                                  "--is_train=False", "--load_path=x"])), (35, 55, 1), 4)
     assert evaluation_only.training is None and len(evaluation_only.real[0]) == NUM_REAL

@@ -16,7 +16,8 @@ from data import download, gaze_data, mpiigaze
 from data.gaze_data import load_gaze_data
 from data.image_folder import write_real_samples
 from data.gaze_labels import read_look_vec
-from data.pipelines import labelled_dataset, real_dataset, synthetic_dataset
+from data.npy_file import NpyRows
+from data.pipelines import array_batches, synthetic_dataset
 from data.reports import DataError
 from data.sample_data import write_sample
 
@@ -45,8 +46,9 @@ def test_loads_both_domains_and_caches_the_real_images(sample_root, tmp_path):
     assert len(data.synthetic_paths) == 24 and not data.is_sample
     assert data.real_images.shape == (20, 36, 60) and data.real_images.dtype == np.uint8
     assert data.real_gaze.shape == (20, 3)
-    images, gaze, _ = mpiigaze.load_cache(sample_root / "gaze" / "gaze.npz")
-    np.testing.assert_array_equal(images, data.real_images)
+    assert isinstance(data.real_images, NpyRows)  # read from disk a batch at a time, never whole
+    images, gaze, _ = mpiigaze.load_cache(sample_root / "gaze")
+    np.testing.assert_array_equal(images[np.arange(20)], data.real_images[np.arange(20)])
     assert not (tmp_path / "samples").exists()  # loading writes nothing but the cache
 
 
@@ -60,12 +62,56 @@ def test_real_samples_are_an_explicit_step_written_once(sample_root, tmp_path):
             for name in os.listdir(tmp_path / "samples")} == before
 
 
-def test_an_old_cache_without_labels_is_rebuilt(sample_root, tmp_path, capsys):
-    cache = sample_root / "gaze" / "gaze.npz"
-    np.savez(cache, real=np.zeros((3, 36, 60), np.uint8))
+def remove_cache(gaze_dir):
+    for path in (*mpiigaze.cache_files(gaze_dir), os.path.join(gaze_dir, mpiigaze.OLD_CACHE)):
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def test_an_old_gaze_npz_is_converted_once_with_a_line(sample_root, tmp_path, capsys):
+    gaze_dir = sample_root / "gaze"
     data = load_gaze_data(config_for(sample_root, tmp_path))
-    assert "Rebuilding" in capsys.readouterr().out
-    assert len(data.real_images) == 20 and len(mpiigaze.load_cache(cache)[0]) == 20
+    images, gaze, right_eye = data.real_images[np.arange(20)], data.real_gaze, data.real_right_eye
+    remove_cache(gaze_dir)
+    np.savez(gaze_dir / mpiigaze.OLD_CACHE, real=images, gaze=gaze, right_eye=right_eye)  # as earlier versions wrote
+    converted = load_gaze_data(config_for(sample_root, tmp_path))
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "gaze.npz" in line]
+    assert line.startswith("[*] Converting") and "once" in line
+    assert not (gaze_dir / mpiigaze.OLD_CACHE).exists()
+    np.testing.assert_array_equal(converted.real_images[np.arange(20)], images)
+    np.testing.assert_array_equal(converted.real_gaze, gaze)
+    load_gaze_data(config_for(sample_root, tmp_path))
+    assert "gaze.npz" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["old_without_labels", "labels_garbage", "images_truncated"])
+def test_a_cache_that_cannot_be_used_is_rebuilt_with_a_line(sample_root, tmp_path, capsys, damage):
+    gaze_dir = sample_root / "gaze"
+    load_gaze_data(config_for(sample_root, tmp_path))
+    images_path, labels_path = mpiigaze.cache_files(gaze_dir)
+    if damage == "old_without_labels":
+        remove_cache(gaze_dir)
+        np.savez(gaze_dir / mpiigaze.OLD_CACHE, real=np.zeros((3, 36, 60), np.uint8))
+    elif damage == "labels_garbage":
+        open(labels_path, "wb").write(b"garbage")
+    else:
+        os.truncate(images_path, os.path.getsize(images_path) - 1)
+    capsys.readouterr()
+    data = load_gaze_data(config_for(sample_root, tmp_path))
+    out = capsys.readouterr().out
+    assert "[!]" in out and "Traceback" not in out
+    assert len(data.real_images) == 20 and len(mpiigaze.load_cache(gaze_dir)[0]) == 20
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_images_in_memory(sample_root, tmp_path, capsys, monkeypatch):
+    remove_cache(sample_root / "gaze")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(mpiigaze, "write_rows", full_disk)
+    data = load_gaze_data(config_for(sample_root, tmp_path))
+    assert "[!] Cannot cache the real images" in capsys.readouterr().out
+    assert data.real_images.shape == (20, 36, 60) and not os.path.exists(mpiigaze.cache_files(sample_root / "gaze")[1])
 
 
 def test_test_mode_needs_no_real_images(sample_root, tmp_path):
@@ -139,13 +185,31 @@ def test_synthetic_evaluation_batches_keep_order_and_the_last_partial_batch(samp
     assert batches[0][0].shape == (4, 35, 55, 3)
 
 
+def batch_values(batch):
+    return sorted(np.rint((batch.numpy()[:, 0, 0, 0] + 1) * 127.5).astype(int))
+
+
 def test_real_batches_are_drawn_without_replacement_each_epoch():
     images = np.repeat(np.arange(8, dtype=np.uint8)[:, None, None] * 30, 36, axis=1).repeat(60, axis=2)
-    batches = iter(real_dataset(images, SHAPE, 4, seed=3))
+    batches = iter(array_batches(images, SHAPE, 4, seed=3))
+    epochs = []
     for _ in range(3):  # three epochs of two batches
-        epoch = np.concatenate([next(batches).numpy(), next(batches).numpy()])
-        values = np.rint((epoch[:, 0, 0, 0] + 1) * 127.5).astype(int)
-        assert sorted(values) == [i * 30 for i in range(8)]
+        epoch = [next(batches), next(batches)]
+        assert sorted(batch_values(epoch[0]) + batch_values(epoch[1])) == [i * 30 for i in range(8)]
+        epochs.append(batch_values(epoch[0]))
+    assert len({tuple(values) for values in epochs}) > 1  # reshuffled each epoch
+
+
+def test_each_input_pipeline_reads_its_own_share(tmp_path):
+    """Two workers' shards: disjoint, together every image, each a whole epoch of its own per pass."""
+    images = np.repeat(np.arange(8, dtype=np.uint8)[:, None, None] * 30, 36, axis=1).repeat(60, axis=2)
+    np.save(tmp_path / "images.npy", images)
+    on_disk = mpiigaze.read_rows(tmp_path / "images.npy")
+    shares = [batch_values(next(iter(array_batches(on_disk, SHAPE, 4, seed=1, shard=(2, index)))))
+              for index in range(2)]
+    assert sorted(shares[0] + shares[1]) == [i * 30 for i in range(8)]
+    in_order = [batch_values(batch) for batch in array_batches(on_disk, SHAPE, 3, shard=(2, 1))]
+    assert in_order == [[30, 90, 150], [210]]
 
 
 def legacy_resize(uint8_images, size=SHAPE[:2]):
@@ -166,11 +230,11 @@ def test_crops_are_resized_as_the_original(sample_root, tmp_path):
 def test_real_images_are_resized_as_the_original_on_both_paths():
     real = np.random.default_rng(0).integers(0, 256, (8, 36, 60), dtype=np.uint8)
     expected = legacy_resize(real) / 127.5 - 1
-    batch = next(iter(real_dataset(real, SHAPE, 8, seed=0))).numpy()  # one epoch: all 8, shuffled
+    batch = next(iter(array_batches(real, SHAPE, 8, seed=0))).numpy()  # one epoch: all 8, shuffled
     matches = [int(np.argmin(np.abs(expected - image).max(axis=(1, 2, 3)))) for image in batch]
     assert sorted(matches) == list(range(8))
     np.testing.assert_allclose(batch, expected[matches], atol=1e-6)
-    (evaluated, gaze), = list(labelled_dataset(real, np.zeros((8, 3)), SHAPE, 8))  # the estimator's path
+    (evaluated, gaze), = list(array_batches(real, SHAPE, 8, labels=np.zeros((8, 3))))  # the estimator's path
     np.testing.assert_allclose(evaluated.numpy(), expected, atol=1e-6)
 
 
@@ -266,5 +330,5 @@ def test_download_offline_is_one_clear_error(tmp_path):
 
 def test_fetch_mpiigaze_is_not_used_when_the_files_exist(sample_root, tmp_path, monkeypatch):
     monkeypatch.setattr(gaze_data, "fetch_mpiigaze", functools.partial(pytest.fail, "downloaded"))
-    (sample_root / "gaze" / "gaze.npz").unlink(missing_ok=True)  # made by an earlier test, or not
+    remove_cache(sample_root / "gaze")  # made by an earlier test, or not
     assert len(load_gaze_data(config_for(sample_root, tmp_path)).real_images) == 20

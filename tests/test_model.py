@@ -63,7 +63,7 @@ def test_discriminator_losses_label_fake_0_and_real_1():
     # Two fake images: a fresh one the discriminator calls fake with confidence, a history one it is unsure of.
     fake_logits = tf.constant([[[[10.0, 0.0]]], [[[0.0, 0.0]]]])
     real_logits = tf.constant([[[[0.0, 0.0]]], [[[0.0, 10.0]]]])
-    losses = discriminator_losses(fake_logits, real_logits, num_fresh=1, global_batch_size=2)
+    losses = discriminator_losses(fake_logits, real_logits, tf.constant([False, True]), global_batch_size=2)
     sure, unsure = math.log(1 + math.exp(-10)), math.log(2)
     # As the original, the history half alone: not the mean over fresh and history.
     assert float(losses["refiner_d_loss_with_history"]) == pytest.approx(unsure, rel=1e-6)

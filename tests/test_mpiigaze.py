@@ -1,14 +1,16 @@
-"""MPIIGaze .mat reading and the gaze.npz cache, on tiny .mat files written in each test."""
+"""MPIIGaze .mat reading and the real images' cache (and converting the old gaze.npz), on tiny .mat files."""
 import os
-import zipfile
+import weakref
 
 import numpy as np
 import pytest
 import scipy.io
 
 from data import mpiigaze
-from data.mpiigaze import (BAD_SHAPE, BAD_VALUES, IMAGE_SHAPE, MISSING_FIELDS, NO_DATA, UNREADABLE, BadMat,
-                           find_day_files, load_cache, read_day, read_days, save_cache)
+from data.mpiigaze import (BAD_SHAPE, BAD_VALUES, CACHE_IMAGES, CACHE_LABELS, IMAGE_SHAPE, MISSING_FIELDS, NO_DATA,
+                           OLD_CACHE, UNREADABLE, BadMat, cache_files, convert_old_cache, find_day_files, load_cache,
+                           read_day, read_days, write_cache)
+from data.npy_file import NpyRows
 from utils import OutputError
 
 
@@ -252,116 +254,147 @@ def test_find_day_files_of_a_missing_folder_is_empty(tmp_path):
 
 # ---------------------------------------------------------------- cache
 
-def sample_arrays(count=5):
-    """(images, gaze, right_eye) of a cache: left eyes first, then right eyes."""
-    rng = np.random.default_rng(0)
-    return (rng.integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8),
-            rng.normal(size=(count, 3)).astype(np.float32),
-            np.arange(count) >= count // 2)
+def write_days(root, counts=(2, 1, 3)):
+    """dayNN.mat files of one person with counts samples of each eye; their paths and read_days' arrays."""
+    for day, count in enumerate(counts, 1):
+        write_day(day_path(root, 'p00', f'day{day:02d}'), eye(count, seed=day), eye(count, seed=day + 50))
+    paths = find_day_files(root)
+    return paths, read_days(paths)[:3]
 
 
-def test_cache_roundtrip(tmp_path):
-    images, gaze, right_eye = sample_arrays()
-    path = tmp_path / 'gaze.npz'
-    save_cache(path, images, gaze, right_eye)
-    with np.load(path) as raw:
-        assert sorted(raw.files) == ['gaze', 'real', 'right_eye']
-    loaded_images, loaded_gaze, loaded_right = load_cache(path)
-    assert loaded_images.dtype == np.uint8 and loaded_gaze.dtype == np.float32
-    np.testing.assert_array_equal(loaded_images, images)
+def cache_names(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_the_cache_holds_what_read_days_reads_and_is_read_by_row(tmp_path):
+    paths, (images, gaze, right_eye) = write_days(tmp_path / 'mat')
+    count, skipped = write_cache(tmp_path, paths)
+    assert (count, skipped) == (len(images), {})
+    assert cache_names(tmp_path) == ['mat', CACHE_IMAGES, CACHE_LABELS]  # no temporary file left
+    loaded_images, loaded_gaze, loaded_right = load_cache(tmp_path)
+    assert isinstance(loaded_images, NpyRows) and loaded_images.shape == images.shape  # on disk, not in memory
+    np.testing.assert_array_equal(loaded_images[np.arange(len(images))], images)
+    np.testing.assert_array_equal(loaded_images[np.array([5, 0, 5])], images[[5, 0, 5]])
+    np.testing.assert_array_equal(np.load(tmp_path / CACHE_IMAGES), images)  # a plain .npy for any reader
+    assert loaded_gaze.dtype == np.float32 and loaded_right.dtype == bool
     np.testing.assert_array_equal(loaded_gaze, gaze)
-    np.testing.assert_array_equal(loaded_right, right_eye)
-    assert os.listdir(tmp_path) == ['gaze.npz']  # no temporary file left
-    assert load_cache(str(path))[0].shape == images.shape
+    assert loaded_right.tolist() == right_eye.tolist()
 
 
-def test_cache_float64_gaze_comes_back_float32(tmp_path):
-    images, gaze, right_eye = sample_arrays()
-    save_cache(tmp_path / 'gaze.npz', images, gaze.astype(np.float64), right_eye)
-    assert load_cache(tmp_path / 'gaze.npz')[1].dtype == np.float32
+def test_write_cache_reads_one_day_at_a_time_and_skips_bad_files(tmp_path, monkeypatch):
+    paths, (images, _, _) = write_days(tmp_path / 'mat')
+    no_data(tmp_path / 'mat' / 'Data' / 'Normalized' / 'p00' / 'day09.mat')
+    alive = []
+    real_read_day = mpiigaze.read_day
+
+    def counting_read_day(path):  # the days read so far that the writer still holds: at most the current one
+        alive.append(len([day for day in gc_days if day() is not None]))
+        day = real_read_day(path)
+        gc_days.append(weakref.ref(day[0]))
+        return day
+    gc_days = []
+    monkeypatch.setattr(mpiigaze, 'read_day', counting_read_day)
+    count, skipped = write_cache(tmp_path, find_day_files(tmp_path / 'mat'))
+    assert count == len(images) and skipped == {NO_DATA: ['day09.mat']}
+    assert max(alive) <= 1
 
 
-def test_an_old_cache_holding_only_real_is_refused(tmp_path):
-    images, _, _ = sample_arrays()
-    np.savez(tmp_path / 'gaze.npz', real=images)
-    with pytest.raises(ValueError, match='older cache'):
-        load_cache(tmp_path / 'gaze.npz')
+def test_a_cache_of_only_bad_files_is_not_written(tmp_path):
+    not_a_mat(tmp_path / 'day01.mat')
+    assert write_cache(tmp_path, [tmp_path / 'day01.mat']) == (0, {UNREADABLE: ['day01.mat']})
+    assert cache_names(tmp_path) == ['day01.mat']
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'empty', 'npy', 'pickled', 'corrupt_member'])
+@pytest.mark.parametrize('damage', ['labels_garbage', 'labels_missing_key', 'images_truncated', 'images_garbage',
+                                    'images_missing', 'images_resized', 'counts_differ'])
 def test_a_damaged_cache_raises_valueerror(tmp_path, damage):
-    images, gaze, right_eye = sample_arrays(50)
-    path = tmp_path / 'gaze.npz'
-    save_cache(path, images, gaze, right_eye)
-    content = path.read_bytes()
-    if damage == 'truncated':
-        path.write_bytes(content[:len(content) // 2])
-    elif damage == 'garbage':
-        path.write_bytes(b'\x00garbage' * 100)
-    elif damage == 'empty':
-        path.write_bytes(b'')
-    elif damage == 'npy':
-        np.save(open(path, 'wb'), images)
-    elif damage == 'pickled':
-        np.savez(path, real=np.array([{'a': 1}], dtype=object), gaze=gaze, right_eye=right_eye)
-    else:  # a byte flipped inside the stored real array: the zip CRC catches it
-        with zipfile.ZipFile(path) as archive:
-            offset = archive.getinfo('real.npy').header_offset + 30 + len('real.npy') + 200
-        corrupted = bytearray(content)
-        corrupted[offset] ^= 0xFF
-        path.write_bytes(bytes(corrupted))
+    paths, (images, gaze, right_eye) = write_days(tmp_path / 'mat')
+    write_cache(tmp_path, paths)
+    images_path, labels_path = cache_files(tmp_path)
+    if damage == 'labels_garbage':
+        open(labels_path, 'wb').write(b'\x00garbage' * 100)
+    elif damage == 'labels_missing_key':
+        np.savez(open(labels_path, 'wb'), gaze=gaze)
+    elif damage == 'images_truncated':
+        content = open(images_path, 'rb').read()
+        open(images_path, 'wb').write(content[:len(content) - 10])
+    elif damage == 'images_garbage':
+        open(images_path, 'wb').write(b'garbage')
+    elif damage == 'images_missing':
+        os.remove(images_path)
+    elif damage == 'images_resized':
+        np.save(images_path, np.zeros((len(images), 35, 55), np.uint8))
+    else:
+        np.save(images_path, images[:-1])
     with pytest.raises(ValueError):
-        load_cache(path)
-
-
-@pytest.mark.parametrize('images, gaze', [
-    (np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0, 3), np.float32)),   # empty
-    (np.zeros((2, 35, 55), np.uint8), np.zeros((2, 3), np.float32)),          # resized images
-    (np.zeros((2, *IMAGE_SHAPE), np.float32), np.zeros((2, 3), np.float32)),  # not uint8
-    (np.zeros((2, *IMAGE_SHAPE), np.uint8), np.zeros((3, 3), np.float32)),    # counts differ
-    (np.zeros((2, *IMAGE_SHAPE), np.uint8), np.zeros((2, 2), np.float32)),    # gaze not N x 3
-])
-def test_a_cache_of_unexpected_shapes_is_refused(tmp_path, images, gaze):
-    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze, right_eye=np.zeros(len(images), bool))
-    with pytest.raises(ValueError, match='unexpected shapes'):
-        load_cache(tmp_path / 'gaze.npz')
+        load_cache(tmp_path)
 
 
 def test_a_missing_cache_raises_valueerror(tmp_path):
     with pytest.raises(ValueError):
-        load_cache(tmp_path / 'nothing.npz')
-
-
-def test_save_cache_replaces_an_existing_file_atomically(tmp_path):
-    path = tmp_path / 'gaze.npz'
-    path.write_bytes(b'an old, damaged cache')
-    images, gaze, right_eye = sample_arrays(3)
-    save_cache(path, images, gaze, right_eye)
-    np.testing.assert_array_equal(load_cache(path)[0], images)
-    assert os.listdir(tmp_path) == ['gaze.npz']
-    save_cache(path, *sample_arrays(7))
-    assert load_cache(path)[0].shape == (7, *IMAGE_SHAPE)
-    assert os.listdir(tmp_path) == ['gaze.npz']
+        load_cache(tmp_path)
 
 
 @pytest.mark.parametrize('failure, expected', [
-    (KeyboardInterrupt, KeyboardInterrupt),  # interrupted after writing the temporary, before the rename
+    (KeyboardInterrupt, KeyboardInterrupt),  # interrupted halfway
     (lambda: OSError(28, 'No space left on device'), OutputError),  # a full disk: one line, as every output
 ])
-def test_a_failed_save_keeps_the_old_cache_and_leaves_no_temp(tmp_path, monkeypatch, failure, expected):
-    path = tmp_path / 'gaze.npz'
-    save_cache(path, *sample_arrays(3))
-    before = path.read_bytes()
-    real_savez = np.savez
+def test_a_failed_write_leaves_no_cache_and_no_temp(tmp_path, monkeypatch, failure, expected):
+    paths, _ = write_days(tmp_path / 'mat')
+    real_read_day = mpiigaze.read_day
+    calls = []
 
-    def failing_savez(file, **arrays):
-        real_savez(file, **arrays)  # the temporary file is fully written...
-        raise failure()  # ...and then the save fails before the rename
-    monkeypatch.setattr(mpiigaze.np, 'savez', failing_savez)
+    def failing_read_day(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise failure()
+        return real_read_day(path)
+    monkeypatch.setattr(mpiigaze, 'read_day', failing_read_day)
     with pytest.raises(expected):
-        save_cache(path, *sample_arrays(9))
-    assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ['gaze.npz']
+        write_cache(tmp_path, paths)
+    assert cache_names(tmp_path) == ['mat']
+
+
+def old_cache(path, images, gaze, right_eye=None):
+    arrays = dict(real=images, gaze=gaze) if right_eye is None else dict(real=images, gaze=gaze, right_eye=right_eye)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize('order', ['C', 'F'])
+def test_an_old_gaze_npz_is_converted_a_chunk_at_a_time_and_removed(tmp_path, monkeypatch, order):
+    paths, (images, gaze, right_eye) = write_days(tmp_path / 'mat', counts=(3, 4, 5))
+    old_cache(tmp_path / OLD_CACHE, np.asarray(images, order=order), gaze, right_eye)
+    chunks = []
+    real_chunks = mpiigaze._chunks
+    monkeypatch.setattr(mpiigaze, '_chunks', lambda member, count: real_chunks(member, count, rows=5))
+    real_write_rows = mpiigaze.write_rows
+    monkeypatch.setattr(mpiigaze, 'write_rows', lambda path, shape, dtype, batches: real_write_rows(
+        path, shape, dtype, (chunks.append(len(batch)) or batch for batch in batches)))
+    convert_old_cache(tmp_path / OLD_CACHE, tmp_path)
+    if order == 'C':  # column-major images (as loadmat gives them) have no rows to stream: read whole once
+        assert chunks == [5, 5, 5, 5, 4]
+    assert cache_names(tmp_path) == ['mat', CACHE_IMAGES, CACHE_LABELS]
+    loaded_images, loaded_gaze, loaded_right = load_cache(tmp_path)
+    np.testing.assert_array_equal(loaded_images[np.arange(len(images))], images)
+    np.testing.assert_array_equal(loaded_gaze, gaze)
+    assert loaded_right.tolist() == right_eye.tolist()
+
+
+@pytest.mark.parametrize('damage', ['without_right_eye', 'truncated', 'garbage', 'resized'])
+def test_an_old_cache_that_cannot_be_converted_raises_valueerror_and_stays(tmp_path, damage):
+    images, gaze = eye(4, seed=1)['image'], eye(4, seed=1)['gaze'].astype(np.float32)
+    path = tmp_path / OLD_CACHE
+    if damage == 'without_right_eye':
+        old_cache(path, images, gaze)
+    elif damage == 'resized':
+        old_cache(path, np.zeros((4, 35, 55), np.uint8), gaze, np.zeros(4, bool))
+    else:
+        old_cache(path, images, gaze, np.zeros(4, bool))
+        content = path.read_bytes()
+        path.write_bytes(content[:len(content) // 2] if damage == 'truncated' else b'garbage' * 10)
+    with pytest.raises(ValueError):
+        convert_old_cache(path, tmp_path)
+    assert cache_names(tmp_path) == [OLD_CACHE]
 
 
 # ---------------------------------------------------------------- which eye (right_eye from read_day, in the cache)
@@ -387,30 +420,3 @@ def test_read_days_stacks_the_right_eye_flags_of_the_days_it_uses(tmp_path):
     assert right_eye.tolist() == [False, True, False, False, True, True]
     empty = read_days([])
     assert empty[2].shape == (0,) and empty[2].dtype == bool
-
-
-def test_cache_with_right_eye_roundtrip(tmp_path):
-    images, gaze, _ = sample_arrays(4)
-    right_eye = np.array([False, False, True, True])
-    path = tmp_path / 'gaze.npz'
-    save_cache(path, images, gaze, right_eye)
-    loaded_images, loaded_gaze, loaded_right = load_cache(path)
-    np.testing.assert_array_equal(loaded_images, images)
-    np.testing.assert_array_equal(loaded_gaze, gaze)
-    assert loaded_right.dtype == bool and loaded_right.tolist() == right_eye.tolist()
-    assert os.listdir(tmp_path) == ['gaze.npz']
-
-
-def test_load_cache_refuses_a_cache_without_right_eye(tmp_path):
-    images, gaze, _ = sample_arrays(3)
-    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze)
-    with pytest.raises(ValueError, match='older cache'):
-        load_cache(tmp_path / 'gaze.npz')
-
-
-@pytest.mark.parametrize('right_eye', [np.zeros(3, np.uint8), np.zeros(4, bool), np.zeros((3, 1), bool)])
-def test_a_cache_with_a_bad_right_eye_is_refused(tmp_path, right_eye):
-    images, gaze, _ = sample_arrays(3)
-    np.savez(tmp_path / 'gaze.npz', real=images, gaze=gaze, right_eye=right_eye)
-    with pytest.raises(ValueError, match='right_eye'):
-        load_cache(tmp_path / 'gaze.npz')

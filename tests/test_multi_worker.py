@@ -1,7 +1,8 @@
 """Two worker processes on localhost under MultiWorkerMirroredStrategy: a SIGTERM to one stops both cleanly.
 
 The other worker is never signalled: it must save the same checkpoint and exit by itself, not wait in
-a collective operation for a partner that has gone. A relaunch of both resumes from that checkpoint.
+a collective operation for a partner that has gone. A relaunch of both resumes from that checkpoint. The first launch trains in bfloat16, the relaunch
+in float32: what crosses workers must be of a type their collectives take, in either precision.
 """
 import json
 import os
@@ -70,7 +71,7 @@ def cluster_root(tmp_path_factory):
 
 def test_a_sigterm_to_one_worker_checkpoints_and_stops_both_and_a_relaunch_resumes(cluster_root):
     root, model_dir = cluster_root, cluster_root / "logs" / "generative_cluster"
-    workers = start_workers(root, "--max_step=100000")
+    workers = start_workers(root, "--max_step=100000", "--mixed_precision=bf16")  # collectives take no bfloat16
     printed = []
     for line in workers[0].stdout:  # the chief's --debug lines, until the adversarial phase runs
         printed.append(line)
@@ -81,7 +82,7 @@ def test_a_sigterm_to_one_worker_checkpoints_and_stops_both_and_a_relaunch_resum
     assert [worker.returncode for worker in workers] == [0, 0], chief_err[-2000:] + other_err[-2000:]
     assert "Traceback" not in chief_err + other_err
     assert "SIGTERM" in other_out and "every worker saved the checkpoint" in chief_out
-    assert "MultiWorkerMirroredStrategy" in "".join(printed)
+    assert "2 replicas, MultiWorkerMirroredStrategy, bf16" in "".join(printed)
     refiner_steps, discriminator_steps, iterations = checkpoint_counters(model_dir)
     assert iterations >= 1 and refiner_steps == 2 * iterations and discriminator_steps == iterations
     checkpoints = sorted(name for name in os.listdir(model_dir) if name.endswith(".index"))
@@ -89,7 +90,7 @@ def test_a_sigterm_to_one_worker_checkpoints_and_stops_both_and_a_relaunch_resum
     assert not os.listdir(root / "tmp_1")  # the other worker's own checkpoints are gone
     assert not [name for name in os.listdir(root / "logs") if name.startswith("workertemp")]
 
-    workers = start_workers(root, f"--max_step={iterations + 1}")
+    workers = start_workers(root, f"--max_step={iterations + 1}")  # in fp32: a checkpoint of either precision resumes
     (chief_out, chief_err), (_, other_err) = finish(workers, root)
     assert [worker.returncode for worker in workers] == [0, 0], chief_err[-2000:] + other_err[-2000:]
     assert f"iteration {iterations}" in chief_out  # the Restored line

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from config import get_config
-from trainer import MICRO_BATCH, Trainer, micro_batches
+from trainer import MICRO_BATCH_PIXELS, Trainer, micro_batches
 from training_loop import make_optimizer, minimize
 
 NO_DATA = types.SimpleNamespace(synthetic_paths=[], real_images=None)  # the steps take their batches as arguments
@@ -55,7 +55,7 @@ def test_pretraining_uses_self_regularization_only(tiny_config, tiny_paths):
 
 def test_discriminator_step_changes_only_the_discriminator(trainer):
     refiner, discriminator = weights(trainer.refiner), weights(trainer.discriminator)
-    losses = trainer.discriminator_step(images(1), images(2, batch=2), images(3))
+    losses = trainer.discriminator_step(images(1, batch=2), images(2, batch=2), images(3))
     assert set(losses) == {"synthetic_d_loss", "refiner_d_loss_with_history", "discrim_loss_with_history"}
     assert changed(discriminator, trainer.discriminator)
     assert not changed(refiner, trainer.refiner)
@@ -68,7 +68,7 @@ def test_steps_do_not_retrace(trainer):
         trainer.pretrain_refiner_step(images(seed))
         _, refined = trainer.refiner_step(images(seed))
         trainer.history_buffer.push(refined)
-        trainer.discriminator_step(images(seed), trainer.history_buffer.sample(), images(seed + 10))
+        trainer.discriminator_step(images(seed, batch=2), trainer.history_buffer.sample(), images(seed + 10))
     for step in (*trainer.compiled_steps.values(), trainer.history_buffer.push, trainer.history_buffer.sample):
         assert step.experimental_get_tracing_count() == 1
 
@@ -122,8 +122,8 @@ def test_bfloat16_steps_keep_float32_weights_history_and_losses(tiny_config, tin
     for seed in range(2):
         losses, refined = trainer.refiner_step(images(seed))
         trainer.history_buffer.push(refined)
-        discriminator_losses = trainer.discriminator_step(images(seed), trainer.history_buffer.sample(), images(9))
-    assert refined.dtype == tf.bfloat16
+        discriminator_losses = trainer.discriminator_step(images(seed, batch=2), trainer.history_buffer.sample(), images(9))
+    assert refined.dtype == tf.float32  # computed in bfloat16, it leaves the replicas as float32
     assert all(value.dtype == tf.float32 and np.isfinite(float(value))
                for value in [*losses.values(), *discriminator_losses.values()])
     assert all(variable.dtype == tf.float32 for variable in trainer.refiner.trainable_variables)
@@ -150,28 +150,37 @@ def test_jit_compile_flag_compiles_the_steps(tiny_config, tiny_paths):
     assert all(step._jit_compile for step in trainer.replica_steps.values())  # noqa: SLF001 (no public accessor)
 
 
-@pytest.mark.parametrize("step_name", ["pretrain_refiner_step", "refiner_step"])
+@pytest.mark.parametrize("step_name", ["pretrain_refiner_step", "refiner_step", "discriminator_step"])
 def test_micro_batches_give_the_update_of_the_whole_batch(tiny_config, tiny_paths, step_name):
     whole, split = Trainer(tiny_config, tiny_paths, NO_DATA), Trainer(tiny_config, tiny_paths, NO_DATA)
     for model in ("refiner", "discriminator"):
         getattr(split, model).set_weights(getattr(whole, model).get_weights())
     whole.micro_batches, split.micro_batches = 1, 2  # read when the step is traced
-    before = weights(whole.refiner)
-    (whole_losses, whole_refined), (split_losses, split_refined) = (
-        getattr(trainer, step_name)(images(5)) for trainer in (whole, split))
+    network = "discriminator" if step_name == "discriminator_step" else "refiner"
+    before = weights(getattr(whole, network))
+    # A discriminator batch: 2 fresh, 2 history, 4 real; in 2 micro-batches one holds fresh images only.
+    inputs = (images(5, 2), images(6, 2), images(7)) if network == "discriminator" else (images(5),)
+    whole_out, split_out = (getattr(trainer, step_name)(*inputs) for trainer in (whole, split))
+    if network == "refiner":
+        (whole_losses, whole_refined), (split_losses, split_refined) = whole_out, split_out
+        np.testing.assert_allclose(split_refined.numpy(), whole_refined.numpy(), atol=1e-6)
+    else:
+        whole_losses, split_losses = whole_out, split_out
     for name, value in whole_losses.items():
         np.testing.assert_allclose(float(split_losses[name]), float(value), rtol=1e-5)
-    np.testing.assert_allclose(split_refined.numpy(), whole_refined.numpy(), atol=1e-6)
-    for after_whole, after_split in zip(whole.refiner.get_weights(), split.refiner.get_weights()):
+    for after_whole, after_split in zip(getattr(whole, network).get_weights(), getattr(split, network).get_weights()):
         # Adam's first step is about lr * sign(gradient): a gradient near zero turns float noise in the
         # summation order into up to a tenth of a step (lr 1e-3) on a rare weight; the rest agree closely.
         np.testing.assert_allclose(after_split, after_whole, atol=1e-4)
         assert np.median(np.abs(after_split - after_whole)) < 1e-7
-    assert changed(before, whole.refiner)
+    assert changed(before, getattr(whole, network))
 
 
 def test_micro_batches_are_equal_and_at_most_the_limit():
-    assert micro_batches(4) == 1 and micro_batches(MICRO_BATCH) == 1
-    assert micro_batches(512) == 512 // MICRO_BATCH
-    assert all(batch % micro_batches(batch) == 0 and batch // micro_batches(batch) <= MICRO_BATCH
+    most = MICRO_BATCH_PIXELS // (35 * 55)
+    assert most == 32 and micro_batches(4) == 1 and micro_batches(most) == 1
+    assert micro_batches(512) == 512 // most
+    assert all(batch % micro_batches(batch) == 0 and batch // micro_batches(batch) <= most
                for batch in range(2, 600, 2))
+    assert micro_batches(32, (224, 224, 1)) == 32  # a hand crop at a time
+    assert micro_batches(4, (10, 10, 1)) == 1
