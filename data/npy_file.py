@@ -50,7 +50,7 @@ class NpyRows:
         if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
             raise IndexError(f"row index out of range 0..{len(self) - 1}")
         rows = np.empty((len(indices), *self.shape[1:]), self.dtype)
-        view = rows.reshape(len(indices), -1).view(np.uint8)
+        view = rows.reshape(len(indices), self.row_bytes // self.dtype.itemsize).view(np.uint8)
         for slot, row in enumerate(indices % max(len(self), 1)):
             data = os.pread(self._descriptor, self.row_bytes, self.offset + int(row) * self.row_bytes)
             view[slot] = np.frombuffer(data, np.uint8)
