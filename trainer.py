@@ -149,7 +149,10 @@ class Trainer:
         gradients = [tf.zeros_like(variable) for variable in variables]
         totals = {name: tf.constant(0.0) for name in names}
         written = [tf.TensorArray(network.compute_dtype, size=chunks) for _ in range(outputs)]
-        for index in tf.range(chunks):  # a tf.while_loop: its iterations run in order
+        for index in tf.range(chunks):  # a tf.while_loop
+            # One iteration at a time: by default a while loop may run 10 at once (nothing orders one
+            # micro-batch's forward pass after the previous one's), and each keeps its activations.
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
             with tf.GradientTape() as tape:
                 losses, chunk_outputs = chunk_losses(*(batch[index * size:(index + 1) * size] for batch in inputs))
                 scaled_loss = optimizer.scale_loss(losses[names[-1]])
