@@ -172,15 +172,12 @@ def distribute(strategy, batch):
 def run_on_replicas(strategy, step, *args):
     """step(*args) on every replica; losses (dict) summed over replicas, any other outputs gathered in order.
 
-    Floating outputs leave the replicas as float32, whatever the precision the step computed in.
+    The step's outputs must be float32 whatever the precision it computed in: TensorFlow's collectives
+    across workers take no bfloat16.
     Each replica's losses are its share of the global batch mean (tf.nn.compute_average_loss with the
     global batch size), so their sum is the mean over the global batch, as on one device.
     """
-    def replica_step(*replica_args):  # collectives take no bfloat16 (multi-worker) and need one dtype: float32
-        return tf.nest.map_structure(lambda tensor: tf.cast(tensor, tf.float32) if tensor.dtype.is_floating
-                                     else tensor, step(*replica_args))
-
-    outputs = strategy.run(replica_step, args=args)
+    outputs = strategy.run(step, args=args)  # step itself, not a wrapper: strategies unwrap a tf.function
     losses, images = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
     losses = {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for name, value in losses.items()}
     if not images:

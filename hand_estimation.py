@@ -8,9 +8,14 @@ the end are evaluated. `--is_train=False --load_path=NAME` evaluates a run's lat
 
 Distances are in pixels of a 224x224 crop, the paper's input, whatever --input_height/--input_width
 the run uses: a smaller run's distances are scaled up, so d means the same on every run.
+
+The crops stay on disk and are read a batch at a time (NYU's are 3.6 GB a set at 224x224): the cache's
+.npy files, and the refined crops, made once into a temporary file that goes with the run.
 """
 import functools
 import os
+import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -18,15 +23,17 @@ from tqdm import tqdm
 
 from checkpoints import CheckpointError, Checkpoints
 from config import image_shape
-from data.hand_data import hand_estimation_sets
-from data.pipelines import labelled_dataset
-from distribution import distribute, is_chief, run_on_replicas
+from data import nyu
+from data.hand_data import DepthCrops
+from data.npy_file import temporary_rows
+from data.pipelines import array_batches
+from distribution import distribute, distributed_batches, is_chief, run_on_replicas
 from export import load_any_refiner
 from model import batch_mean, share_within
 from pose_model import (MAX_WITHIN_PIXELS, build_hand_estimator, heatmap_joints, heatmap_loss, joint_distances,
                         joint_heatmaps)
 from training_loop import TrainingLoop, make_optimizer, minimize, write_first_batch
-from utils import write_json
+from utils import denormalize, write_json
 
 EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
 MARKED_PIXELS = 5  # the paper's table gives the share within 5 pixels
@@ -39,10 +46,50 @@ def run_hand_estimation(config, paths, data, strategy=None):
     refiner = None
     if config.is_train and config.refiner_path:
         refiner, loaded = load_any_refiner(config.refiner_path, config.log_dir, shape, "refiner_path", "hand")
-        print(f"[*] Training on synthetic hand crops refined by {loaded} (refined once, kept in memory)")
+        print(f"[*] Training on synthetic hand crops refined by {loaded} (refined once, into a temporary file)")
     sets = hand_estimation_sets(data, shape, config.batch_size, refiner)
     trainer = HandEstimatorTrainer(config, paths, sets, strategy)
     return trainer.train() if config.is_train else trainer.evaluate()
+
+
+@dataclass
+class HandSets:
+    """uint8 crops (NpyRows on disk, or numpy arrays) with their joints in input pixels; [-1, 1] floats per batch."""
+    training_images: object       # (N, H, W) uint8: the synthetic crops, refined when `refined`
+    training_joints: np.ndarray   # (N, 14, 2) float32
+    test_images: object           # (M, H, W) uint8: the real test crops
+    test_joints: np.ndarray       # (M, 14, 2) float32
+    input_shape: tuple
+    refined: bool
+    is_sample: bool               # the bundled sample, not NYU's frames
+
+
+def hand_estimation_sets(data, input_shape, batch_size, refine=None):
+    """The estimator's sets; the synthetic crops refined once, into a temporary file, when refine (a refiner) is given."""
+    training = data.synthetic.images
+    if refine is not None:
+        training = refine_crops(training, input_shape, batch_size, refine, data.folder)
+    test = data.test if data.test is not None else DepthCrops(np.zeros((0, *input_shape[:2]), np.uint8),
+                                                              np.zeros((0, len(nyu.EVALUATION_JOINTS), 2), np.float32),
+                                                              np.zeros(0, np.int32))
+    print(f"[*] {len(training)} {'refined' if refine else 'synthetic'} hand crops to train on; "
+          f"{len(test)} real test crops to evaluate on")
+    return HandSets(training, data.synthetic.joints, test.images, test.joints, tuple(input_shape),
+                    refine is not None, data.is_sample)
+
+
+def refine_crops(images, input_shape, batch_size, refine, folder):
+    """uint8 crops refined batch by batch, quantised back to uint8 as test mode's PNGs are: an NpyRows.
+
+    Written to a hidden temporary file in folder (else in the system's temporary folder) whose name is
+    removed at once: it lasts as long as the rows returned, and a run that stops leaves nothing behind.
+    """
+    def batches():
+        dataset = array_batches(images, input_shape, batch_size)
+        for batch in tqdm(dataset, total=-(-len(images) // batch_size), desc="Refine training crops"):
+            yield denormalize(refine(batch))[..., 0]
+
+    return temporary_rows(folder, input_shape[:2], np.uint8, batches, "the refined crops")
 
 
 class HandEstimatorTrainer:
@@ -126,15 +173,19 @@ class HandEstimatorTrainer:
         self.trained_on_refined.assign(refined)
 
     def _training_batches(self, seed):
-        """(images in [-1, 1], joints), shuffled with seed and reshuffled every epoch, repeated, fixed-size batches."""
-        return labelled_dataset(self.sets.training_images, self.sets.training_joints, self.input_shape,
-                                self.config.batch_size, seed)
+        """An iterator of (images in [-1, 1], joints): shuffled with seed, reshuffled every epoch, fixed-size
+        global batches, each replica's share read from disk by its own worker's pipeline."""
+        return distributed_batches(
+            self.strategy, lambda replica_batch, shard: array_batches(
+                self.sets.training_images, self.input_shape, replica_batch, seed, labels=self.sets.training_joints,
+                shard=shard),
+            self.config.batch_size)
 
     def _train_epochs(self, loop):
         """Epochs up to --num_epochs; False when a stop was requested."""
         steps_per_epoch = len(self.sets.training_images) // self.config.batch_size  # checked: at least 1
         seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
-        batches = iter(self._training_batches(seed))
+        batches = self._training_batches(seed)
         while int(self.epoch.numpy()) < self.config.num_epochs:
             epoch = int(self.epoch.numpy())
             done = min(max(int(self.optimizer.iterations.numpy()) - epoch * steps_per_epoch, 0), steps_per_epoch)
@@ -142,8 +193,9 @@ class HandEstimatorTrainer:
             for _ in tqdm(range(done, steps_per_epoch), desc=f"Train hand estimator, epoch {epoch + 1}",
                           initial=done, total=steps_per_epoch):
                 images, joints = next(batches)
-                if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
-                    write_first_batch(images, self.config, self.paths.sample_dir)
+                if int(self.optimizer.iterations.numpy()) == 0 and self.chief:  # the first replica's share
+                    write_first_batch(self.strategy.experimental_local_results(images)[0], self.config,
+                                      self.paths.sample_dir)
                 values = self.train_step(images, joints)
                 step = int(self.optimizer.iterations.numpy())
                 loop.log(values, step)
@@ -165,7 +217,8 @@ class HandEstimatorTrainer:
             raise CheckpointError(f"no hand estimator checkpoint in {self.paths.model_dir}: train one first "
                                   f"(python main.py --task=estimation --data_set=hand) or pass the --load_path of one")
         count = len(self.sets.test_images)
-        batches = labelled_dataset(self.sets.test_images, self.sets.test_joints, self.input_shape, self.config.batch_size)
+        batches = array_batches(self.sets.test_images, self.input_shape, self.config.batch_size,
+                                labels=self.sets.test_joints)
         scale = PAPER_INPUT / self.input_shape[1]
         distances = scale * np.concatenate([joint_distances(self.predict_joints(images), joints).numpy()
                                             for images, joints in tqdm(batches, desc="Evaluate on real images")])

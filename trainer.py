@@ -102,7 +102,7 @@ class Trainer:
 
         losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
                                           ("regularization_loss", "loss"), outputs=1)
-        return losses, refined
+        return losses, tf.cast(refined, tf.float32)  # gathered across workers, whose collectives take no bfloat16
 
     def _refiner_step(self, synthetic):
         """Make refined images look real to the discriminator while staying close to the synthetic ones."""
@@ -114,7 +114,7 @@ class Trainer:
 
         losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
                                           ("realism_loss", "regularization_loss", "loss"), outputs=1)
-        return losses, refined
+        return losses, tf.cast(refined, tf.float32)  # as above
 
     def _discriminator_step(self, synthetic, history, real):
         """Tell real images from refined ones: synthetic (half a batch) refined now, half from the history buffer."""

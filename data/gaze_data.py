@@ -9,7 +9,6 @@ images stay in files read a batch at a time. Bad files are skipped with one line
 problem; only when nothing usable is left is it a `DataError`.
 """
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from data import mpiigaze, unityeyes
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, split_by_file
 from data.image_folder import is_image, is_plain_image_folder, readable_images
-from data.pipelines import array_batches, save_crops, synthetic_dataset
+from data.pipelines import array_batches, crops_on_disk, synthetic_dataset
 from data.reports import DataError, report_skipped, summary
 from data.sample_data import write_sample
 from utils import OutputError
@@ -242,7 +241,6 @@ class EstimationSets:
     input_shape: tuple
     right_eyes_mirrored: int
     is_sample: bool     # the bundled sample, not real data
-    folder: object = None  # the temporary folder of the crops at the input size, removed with these sets
 
     def training_batches(self, batch_size, seed, shard=(1, 0)):
         """Shuffled with seed, repeated, fixed-size batches of (images, gaze)."""
@@ -264,7 +262,8 @@ class EstimationSets:
 
 
 def estimation_sets(data, input_shape, batch_size, refine=None):
-    """The estimator's sets; the synthetic ones cut to the input size (refined when refine is given) once, on disk."""
+    """The estimator's sets; the synthetic ones cut to the input size (refined when refine is given) once, into
+    temporary files beside the data that go when the sets do."""
     real = (data.real_images, data.real_gaze, data.real_right_eye)
     facts = dict(input_shape=tuple(input_shape), right_eyes_mirrored=int(np.sum(data.real_right_eye)),
                  is_sample=data.is_sample)
@@ -274,19 +273,9 @@ def estimation_sets(data, input_shape, batch_size, refine=None):
     split = data.split
     print(f"[*] {len(split.training_paths)} {kind} images to train on, {len(split.validation_paths)} to validate "
           f"on (held out by file); {len(real[0])} real images to test on")
-    folder = _crops_folder(data.gaze_dir)
     loaded = []
     for name, paths, gaze in (("training", split.training_paths, split.training_gaze),
                               ("validation", split.validation_paths, split.validation_gaze)):
-        target = os.path.join(folder.name, f"{name}.npy")
         desc = f"{'Refine' if refine else 'Load'} {name} images"
-        loaded.append((save_crops(paths, input_shape, LOAD_BATCH, target, refine, desc=desc), gaze))
-    return EstimationSets(*loaded, real, **facts, folder=folder)
-
-
-def _crops_folder(gaze_dir):
-    """A hidden temporary folder beside the data (the system's temporary folder if that is read-only)."""
-    try:
-        return tempfile.TemporaryDirectory(prefix=".estimation_crops-", dir=gaze_dir)
-    except OSError:
-        return tempfile.TemporaryDirectory(prefix="simgan_estimation_crops-")
+        loaded.append((crops_on_disk(paths, input_shape, LOAD_BATCH, data.gaze_dir, refine, desc=desc), gaze))
+    return EstimationSets(*loaded, real, **facts)

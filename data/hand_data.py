@@ -1,18 +1,27 @@
-"""Hand data: NYU depth frames cropped around the hand once, cached, and handed to each task.
+"""Hand data: NYU depth frames cropped around the hand once, cached on disk, and handed to each task.
 
 `load_hand_data` reads DATA_DIR/hand/{train,test}/ in NYU's layout (data/nyu.py), or makes the
 bundled sample (data/hand_sample.py) when that folder is missing and the flags name the default
 one. Each frame is cropped around its hand: a square box around camera 1's joint (u, v) positions
 with a margin, and a depth slab around the hand's median joint depth; depth outside the slab, the
-sensor's holes and the synthetic renders' empty background all become one value (far). The crops,
-at the network's input size, are cached beside the data as `{split}_crops_{H}x{W}.npz`, so later
-runs read one file, not tens of thousands of PNGs.
+sensor's holes and the synthetic renders' empty background all become one value (far).
+
+The crops, at the network's input size, are cached beside the data as `{split}_crops_{H}x{W}_synthetic.npy`
+and `..._real.npy`, written as they are made, then `..._labels.npz` (joints, frames, what they were made
+from), whose presence marks a complete cache. Runs read them a batch at a time (data/npy_file.py): NYU's
+72757 training crops at 224x224 are 3.6 GB a kind. Earlier versions' `{split}_crops_{H}x{W}.npz` is converted once.
 
 The refiner trains on the training split's synthetic renders and real frames as two unlabelled sets;
 the joint positions are used only to place the crops (and, for the pose estimator, as its labels
 and to score it on the real test frames).
 """
+import collections
+import contextlib
+import functools
 import os
+import shutil
+import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +31,10 @@ from tqdm import tqdm
 
 from data import nyu
 from data.hand_sample import ensure_hand_sample, is_hand_sample
-from data.pipelines import named_images_dataset, real_dataset, to_network_input
+from data.npy_file import npz_member_rows, read_rows, write_rows, write_temporary_rows
+from data.pipelines import array_batches, to_network_input
 from data.reports import DataError, report_skipped
-from utils import OutputError, atomic_write, default_workers, denormalize
+from utils import OutputError, atomic_write, default_workers
 
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
 BOX_MARGIN = 1.3       # the crop's side: the joints' larger extent times this (fingertip joints lie inside the skin)
@@ -33,18 +43,35 @@ HALF_SLAB_MM = 150     # depth kept around the hand's median joint depth, on eit
 # the refiner's tanh asymptote: the L1 pull toward it never ends and saturates the whole output
 # (measured on the sample: every refined pixel at 1.0 within 10 pre-training steps). 247 is 0.94.
 BACKGROUND = 247
-CACHE_VERSION = 2
+CACHE_VERSION = 3      # 3: a .npy of each kind and a labels .npz; 2: one .npz of everything (converted once)
+OLD_CACHE_VERSION = 2
+KINDS = {"synthetic": nyu.synthetic_depth_name, "real": nyu.depth_name}
+CHUNK = 256            # crops in memory at a time while a cache is written: 12 MB at 224x224
 
 
 @dataclass
 class DepthCrops:
     """One kind of frame of one split, cropped: images with the evaluation joints in crop pixels."""
-    images: np.ndarray   # (N, H, W) uint8: 0 nearest .. 246 farthest in the slab, 247 background
+    images: object       # (N, H, W) uint8, an NpyRows on disk (or a numpy array): 0 nearest .. 246, 247 background
     joints: np.ndarray   # (N, 14, 2) float32: (u, v) of nyu.EVALUATION_JOINTS, in crop pixels
     frames: np.ndarray   # (N,) int32: NYU frame numbers (from 1)
 
     def __len__(self):
         return len(self.images)
+
+
+class RowSubset:
+    """Some rows of an image array (NpyRows or numpy), by index, without copying them: rows[i] reads only those."""
+
+    def __init__(self, rows, indices):
+        self.rows, self.indices = rows, np.asarray(indices, np.int64)
+        self.shape, self.dtype = (len(self.indices), *rows.shape[1:]), rows.dtype
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.rows[self.indices[index]]
 
 
 @dataclass
@@ -65,13 +92,14 @@ class HandData:
     def real_images(self):
         return self.real.images
 
-    def synthetic_batches(self, input_shape, batch_size, seed):
-        """Synthetic crops in [-1, 1]: shuffled with seed, reshuffled each epoch, fixed-size batches."""
-        return real_dataset(self.synthetic.images, input_shape, batch_size, seed)
+    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
+        """Synthetic crops in [-1, 1], shuffled with seed, reshuffled each epoch, fixed-size batches; read a
+        batch at a time. shard: (input pipelines, this one's index): a cluster's worker reads only its share."""
+        return array_batches(self.synthetic.images, input_shape, batch_size, seed, shard=shard)
 
-    def real_batches(self, input_shape, batch_size, seed):
+    def real_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
         """Real crops in [-1, 1], as synthetic_batches."""
-        return real_dataset(self.real.images, input_shape, batch_size, seed)
+        return array_batches(self.real.images, input_shape, batch_size, seed, shard=shard)
 
     @property
     def synthetic_dir(self):
@@ -84,13 +112,14 @@ class HandData:
 
     def named_synthetic_batches(self, names, input_shape, batch_size):
         """(crops in [-1, 1], names) of the synthetic crops named, in order, once: what test mode refines."""
-        kept = np.isin(self.synthetic_names, names)
-        return named_images_dataset(self.synthetic.images[kept], np.array(self.synthetic_names)[kept],
-                                    input_shape, batch_size)
+        every_name, wanted = self.synthetic_names, set(names)
+        kept = [index for index, name in enumerate(every_name) if name in wanted]
+        return array_batches(RowSubset(self.synthetic.images, kept), input_shape, batch_size,  # no copy of the rows
+                             names=np.array([every_name[index].encode() for index in kept], dtype=object))
 
     def test_images(self, input_shape, count):
         """The first `count` synthetic crops in [-1, 1]: the sample grids' fixed inputs."""
-        return to_network_input(self.synthetic.images[:count], input_shape)
+        return to_network_input(self.synthetic.images[np.arange(min(count, len(self.synthetic)))], input_shape)
 
 
 def load_hand_data(config):
@@ -119,6 +148,14 @@ def _prepare_sample(hand_dir, config):
     return hand_dir
 
 
+# ---- the crop cache ----
+
+def cache_files(hand_dir, split, size):
+    """{kind: its images' .npy, "labels": the .npz written last, "old": CACHE_VERSION 2's single .npz}."""
+    stem = os.path.join(hand_dir, f"{split}_crops_{size[0]}x{size[1]}")
+    return {**{kind: f"{stem}_{kind}.npy" for kind in KINDS}, "labels": f"{stem}_labels.npz", "old": f"{stem}.npz"}
+
+
 def load_split(hand_dir, split, size, synthetic=True):
     """(synthetic crops or None, real crops) of hand_dir/split at size (H, W), from the cache when it is current."""
     folder = os.path.join(hand_dir, split)
@@ -126,16 +163,16 @@ def load_split(hand_dir, split, size, synthetic=True):
     if not os.path.isfile(joint_file):
         raise DataError(f"no NYU {split} split: {joint_file} is missing (expected DATA_DIR/hand/{split}/ with "
                         f"joint_data.mat and depth_1_*.png, synthdepth_1_*.png)")
-    cache = os.path.join(hand_dir, f"{split}_crops_{size[0]}x{size[1]}.npz")
+    cache = cache_files(hand_dir, split, size)
     stamp = _stamp(joint_file)
-    cached = _read_cache(cache, stamp, size)
-    if cached is None:
-        cached = _crop_split(folder, joint_file, size)
-        try:
-            _write_cache(cache, stamp, cached)
-        except OSError as error:
-            print(f"[!] Cannot cache the hand crops ({error}); they will be made again next run")
-    return (cached["synthetic"] if synthetic else None), cached["real"]
+    crops = _read_cache(cache, stamp, size)
+    if crops is None and os.path.exists(cache["old"]):
+        crops = _convert_old_cache(cache, stamp, size)
+    if crops is None:
+        crops = _crop_split(folder, joint_file, size, _CropStore(cache, stamp))
+    if os.path.exists(cache["labels"]):
+        _remove(cache["old"])  # superseded: converted, or stale or damaged and made again
+    return (crops["synthetic"] if synthetic else None), crops["real"]
 
 
 def _stamp(path):
@@ -144,74 +181,213 @@ def _stamp(path):
     return np.array([status.st_size, status.st_mtime_ns, CACHE_VERSION], np.int64)
 
 
-def _read_cache(path, stamp, size):
-    """The cached crops, or None when there are none, they are of other data or they do not read."""
-    if not os.path.exists(path):
+def _read_cache(cache, stamp, size):
+    """The cached crops (images on disk), or None when there are none, they are of other data or do not read."""
+    if not os.path.exists(cache["labels"]):
         return None
     try:
-        with np.load(path) as arrays:
+        labels = _read_labels(cache["labels"], stamp)
+        if labels is None:
+            return None  # made from another joint_data.mat
+        return {kind: DepthCrops(_cached_images(cache[kind], (len(frames), *size)), joints, frames)
+                for kind, (joints, frames) in labels.items()}
+    except ValueError as error:  # damaged, truncated, missing
+        print(f"[!] Making the hand crops again: {error}")
+        return None
+
+
+def _cached_images(path, shape):
+    """The NpyRows of a cached .npy; ValueError naming it when it does not read or holds other rows."""
+    try:
+        images = read_rows(path)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if images.shape != shape or images.dtype != np.uint8:
+        raise ValueError(f"{path} holds {images.dtype} rows {images.shape}, not uint8 {shape}")
+    return images
+
+
+def _read_labels(path, stamp):
+    """{kind: (joints, frames)} of a labels file (or an old cache) made with stamp, else None; ValueError if damaged."""
+    try:
+        with np.load(path) as arrays:  # an .npz reads its members on request: the labels, not the images
             if not np.array_equal(arrays["stamp"], stamp):
                 return None
-            crops = {kind: DepthCrops(arrays[f"{kind}_images"], arrays[f"{kind}_joints"], arrays[f"{kind}_frames"])
-                     for kind in ("synthetic", "real")}
-    except (OSError, ValueError, KeyError) as error:
-        print(f"[!] Rebuilding {path}: {error}")
+            return {kind: (arrays[f"{kind}_joints"], arrays[f"{kind}_frames"]) for kind in KINDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} does not read ({error})") from None
+
+
+def _remove(path):
+    with contextlib.suppress(OSError):  # gone already, or a read-only folder: nothing to do
+        os.remove(path)
+
+
+class _CropStore:
+    """Where one split's crops are written: its cache; a temporary file when that cannot be written; memory last."""
+
+    def __init__(self, cache, stamp):
+        self.cache, self.stamp, self.fallback = cache, stamp, None  # fallback: None, "temporary", "memory"
+        _remove(cache["labels"])  # until new labels are written, the cache is incomplete
+
+    def images(self, kind, make_batches, count, size):
+        """The rows make_batches() yields, on disk (an NpyRows) where possible; a retry calls make_batches again."""
+        temporary = tempfile.gettempdir()
+        if self.fallback is None:
+            try:
+                write_rows(self.cache[kind], size, np.uint8, make_batches())
+                return read_rows(self.cache[kind])
+            except OSError as error:  # a read-only folder, a full disk: training goes on, uncached
+                self.fallback = "temporary"
+                print(f"[!] Cannot write the hand crop cache {self.cache[kind]} ({error}): the crops go to "
+                      f"temporary files in {temporary}, made again next run")
+        if self.fallback == "temporary":
+            try:
+                return write_temporary_rows(temporary, size, np.uint8, make_batches())
+            except OSError as error:
+                self.fallback = "memory"
+                print(f"[!] Cannot write in {temporary} either ({error}): keeping the hand crops in memory "
+                      f"(up to {count * size[0] * size[1] / 2 ** 20:.0f} MB a kind)")
+        return _rows_in_memory(make_batches(), count, size)
+
+    def finish(self, crops):
+        """Write the labels, last, when the crops went into the cache: it is complete."""
+        if self.fallback is not None:
+            return
+        arrays = {f"{kind}_{labels}": getattr(crop, labels) for kind, crop in crops.items()
+                  for labels in ("joints", "frames")}
+        try:
+            atomic_write(self.cache["labels"], lambda handle: np.savez(handle, stamp=self.stamp, **arrays))
+        except OSError as error:
+            print(f"[!] Cannot cache the hand crops ({error}); they will be made again next run")
+
+
+def _rows_in_memory(batches, count, size):
+    """The last resort: the rows in one array of at most count rows, filled in place (no second copy)."""
+    images = np.empty((count, *size), np.uint8)
+    filled = 0
+    for rows in batches:
+        images[filled:filled + len(rows)] = rows
+        filled += len(rows)
+    return images[:filled]
+
+
+# ---- converting a cache of CACHE_VERSION 2 ----
+
+class _Unreadable(Exception):
+    """An old cache that does not read: not an OSError, so the writer does not take it for a full disk."""
+
+
+def _convert_old_cache(cache, stamp, size):
+    """The crops of an old single-file cache, copied a chunk at a time into .npy files; None if stale or damaged."""
+    try:
+        labels = _read_labels(cache["old"], np.array([*stamp[:-1], OLD_CACHE_VERSION], np.int64))
+    except ValueError as error:
+        print(f"[!] Cannot convert an old hand crop cache: {error}; cropping the frames again")
         return None
-    if any(crop.images.shape[1:] != tuple(size) for crop in crops.values()):
+    if labels is None:
+        return None  # of another joint_data.mat: the frames are cropped again, and it is removed
+    print(f"[*] Converting the hand crop cache {cache['old']} to .npy files, once (the old file is removed after)")
+    store, crops = _CropStore(cache, stamp), {}
+    try:
+        for kind, (joints, frames) in labels.items():
+            rows = functools.partial(_old_rows, cache["old"], kind, len(frames), size)
+            crops[kind] = DepthCrops(store.images(kind, rows, len(frames), size), joints, frames)
+    except _Unreadable as error:
+        print(f"[!] Cannot convert {cache['old']} ({error}): cropping the frames again")
         return None
+    store.finish(crops)
     return crops
 
 
-def _write_cache(path, stamp, crops):
-    arrays = {"stamp": stamp}
-    for kind, crop in crops.items():
-        arrays.update({f"{kind}_images": crop.images, f"{kind}_joints": crop.joints, f"{kind}_frames": crop.frames})
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+def _old_rows(path, kind, count, size):
+    """The uint8 images of kind in an old cache, CHUNK rows at a time, streamed from the .npz's zip member."""
+    try:
+        shape, dtype, chunks = npz_member_rows(path, f"{kind}_images", CHUNK, f"Convert {kind} hand crops")
+        if shape != (count, *size) or dtype != np.uint8:
+            raise ValueError(f"{kind}_images: {dtype} {shape}, not uint8 {(count, *size)}")
+        yield from chunks
+    except ValueError as error:
+        raise _Unreadable(str(error)) from None
 
 
-def _crop_split(folder, joint_file, size):
-    """Crop every frame of a split folder, both kinds; a file that is missing or does not decode is skipped."""
+# ---- cropping the frames ----
+
+def _crop_split(folder, joint_file, size, store):
+    """Crop every frame of a split folder, both kinds, into store; a missing or undecodable file is skipped."""
     try:
         _, joint_uvd, _ = nyu.read_joint_data(joint_file)
     except (OSError, ValueError) as error:
         raise DataError(str(error).splitlines()[0]) from None
     crops, skipped = {}, {}
-    for kind, name in (("synthetic", nyu.synthetic_depth_name), ("real", nyu.depth_name)):
-        crops[kind] = _crop_frames(folder, name, joint_uvd, size, skipped, kind)
+    for kind, name in KINDS.items():
+        frames = _FrameCrops(folder, name, joint_uvd, size, kind)
+        crops[kind] = DepthCrops(store.images(kind, frames.batches, len(joint_uvd), size), *frames.labels())
+        skipped.update(frames.skipped)
     report_skipped(skipped, folder)
     for kind, crop in crops.items():
         if not len(crop):
             raise DataError(f"no usable {kind} depth frame in {folder} ({len(joint_uvd)} frames in "
                             f"{nyu.JOINT_FILE}, all skipped)")
+    store.finish(crops)
     return crops
 
 
-def _crop_frames(folder, name, joint_uvd, size, skipped, kind):
-    """DepthCrops of the frames named name(frame) whose files decode; the others go into skipped by reason."""
-    def crop(index):
-        path = os.path.join(folder, name(index + 1))
+class _FrameCrops:
+    """The frames name(frame) of a split folder, cropped in order as batches; their labels collected on the way."""
+
+    def __init__(self, folder, name, joint_uvd, size, kind):
+        self.folder, self.name, self.joint_uvd, self.size, self.kind = folder, name, joint_uvd, size, kind
+
+    def crop(self, index):
+        """(index, (crop, joints) or None, why the frame was skipped or None)."""
+        path = os.path.join(self.folder, self.name(index + 1))
         if not os.path.exists(path):
             return index, None, "missing"
         try:
             depth = nyu.read_depth(path)
         except (OSError, ValueError):
             return index, None, "unreadable or not an NYU depth PNG"
-        return index, crop_hand(depth, joint_uvd[index], size), None
+        return index, crop_hand(depth, self.joint_uvd[index], self.size), None
 
-    images, joints, frames = [], [], []
-    with ThreadPoolExecutor(default_workers()) as pool:  # PNG decoding releases the GIL
-        for index, result, problem in tqdm(pool.map(crop, range(len(joint_uvd))), total=len(joint_uvd),
-                                           desc=f"Crop {kind} hands of {os.path.basename(folder)}"):
-            if problem:
-                skipped.setdefault(f"{kind}: {problem}", []).append(name(index + 1))
-                continue
-            images.append(result[0])
-            joints.append(result[1])
-            frames.append(index + 1)
-    height, width = size
-    return DepthCrops(np.array(images, np.uint8).reshape(-1, height, width),
-                      np.array(joints, np.float32).reshape(-1, len(nyu.EVALUATION_JOINTS), 2),
-                      np.array(frames, np.int32))
+    def batches(self):
+        """uint8 crops, CHUNK at a time, as they are made: never all of them in memory. Each pass starts afresh."""
+        self.joints = np.empty((len(self.joint_uvd), len(nyu.EVALUATION_JOINTS), 2), np.float32)
+        self.frames, self.skipped, chunk = [], {}, []
+        with ThreadPoolExecutor(default_workers()) as pool, \
+                contextlib.closing(_in_order(pool, self.crop, range(len(self.joint_uvd)), CHUNK)) as results:
+            for index, result, problem in tqdm(results, total=len(self.joint_uvd),
+                                               desc=f"Crop {self.kind} hands of {os.path.basename(self.folder)}"):
+                if problem:
+                    self.skipped.setdefault(f"{self.kind}: {problem}", []).append(self.name(index + 1))
+                    continue
+                chunk.append(result[0])
+                self.joints[len(self.frames)] = result[1]
+                self.frames.append(index + 1)
+                if len(chunk) == CHUNK:
+                    yield np.stack(chunk)
+                    chunk = []
+        if chunk:
+            yield np.stack(chunk)
+
+    def labels(self):
+        """(joints (N, 14, 2) float32, frames (N,) int32) of the last pass's crops."""
+        return self.joints[:len(self.frames)].copy(), np.array(self.frames, np.int32)
+
+
+def _in_order(pool, function, items, ahead):
+    """pool.map's results, in order, with at most `ahead` tasks submitted and not yet taken: bounded memory."""
+    pending = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:  # the consumer stopped (a write failed): drop what has not started
+            future.cancel()
 
 
 def hand_box(uvd):
@@ -243,40 +419,3 @@ def crop_hand(depth, uvd, size):
     corner = np.array([centre_u - side / 2, centre_v - side / 2])
     scale = np.array([width / side, height / side])
     return crop, ((joints - corner) * scale - 0.5).astype(np.float32)
-
-
-# ---- what the pose estimator trains and is tested on ----
-
-@dataclass
-class HandSets:
-    """uint8 crops with their joints in input pixels, in memory; [-1, 1] floats per batch, on request."""
-    training_images: np.ndarray   # (N, H, W) uint8: the synthetic crops, refined when `refined`
-    training_joints: np.ndarray   # (N, 14, 2) float32
-    test_images: np.ndarray       # (M, H, W) uint8: the real test crops
-    test_joints: np.ndarray       # (M, 14, 2) float32
-    input_shape: tuple
-    refined: bool
-    is_sample: bool               # the bundled sample, not NYU's frames
-
-
-def hand_estimation_sets(data, input_shape, batch_size, refine=None):
-    """The estimator's sets; the synthetic crops refined once, in memory, when refine (a refiner) is given."""
-    training = data.synthetic.images
-    if refine is not None:
-        training = refine_crops(training, input_shape, batch_size, refine)
-    test = data.test if data.test is not None else DepthCrops(np.zeros((0, *input_shape[:2]), np.uint8),
-                                                              np.zeros((0, len(nyu.EVALUATION_JOINTS), 2), np.float32),
-                                                              np.zeros(0, np.int32))
-    print(f"[*] {len(training)} {'refined' if refine else 'synthetic'} hand crops to train on; "
-          f"{len(test)} real test crops to evaluate on")
-    return HandSets(training, data.synthetic.joints, test.images, test.joints, tuple(input_shape),
-                    refine is not None, data.is_sample)
-
-
-def refine_crops(images, input_shape, batch_size, refine):
-    """uint8 crops refined batch by batch, quantised back to uint8 as test mode's PNGs are."""
-    refined = np.empty_like(images)
-    for start in tqdm(range(0, len(images), batch_size), desc="Refine training crops"):
-        batch = to_network_input(images[start:start + batch_size], input_shape)
-        refined[start:start + batch_size] = denormalize(refine(batch))[..., 0]
-    return refined

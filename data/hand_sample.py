@@ -20,7 +20,6 @@ import errno
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from scipy.ndimage import zoom
 from scipy.spatial.transform import Rotation
 
 from data import nyu
-from utils import default_workers, process_context
+from utils import default_workers, worker_pool
 
 # ---- the hand model: mm, in the hand's frame (x toward the thumb, y from the wrist to the fingers,
 # z out of the back of the hand), a right hand of an adult
@@ -345,12 +344,8 @@ def _write_splits(staging, seed, counts, workers):
     if workers <= 1 or sum(counts) < _PARALLEL_MIN:
         joints = [write_frames(*task) for task in tasks]
     else:
-        with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
-            try:
-                joints = list(pool.map(write_frames, *zip(*tasks)))
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # leaves only the running tasks to wait for
-                raise
+        with worker_pool(workers) as pool:  # a failure stops the tasks still in flight
+            joints = pool.starmap(write_frames, tasks, chunksize=1)
     for split, name in enumerate(SPLITS):
         xyz = np.concatenate([part for task, part in zip(tasks, joints) if task[2] == split])
         nyu.write_joint_data(staging / name / nyu.JOINT_FILE, nyu.xyz_to_uvd(xyz), xyz)

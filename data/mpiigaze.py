@@ -15,7 +15,7 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-from data.npy_file import read_rows, write_rows
+from data.npy_file import npz_member_rows, read_rows, write_rows
 from data.unityeyes import natural_key
 from utils import atomic_write
 
@@ -163,33 +163,27 @@ def convert_old_cache(old_path, folder):
     ValueError if it is not a complete cache of that format (it is then left as it is).
     """
     try:
-        with zipfile.ZipFile(old_path) as archive:
-            with np.load(old_path, allow_pickle=False) as arrays:
-                gaze, right_eye = arrays['gaze'], arrays['right_eye']  # small: only the images are streamed
-            with archive.open('real.npy') as member:
-                version = np.lib.format.read_magic(member)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran_order, dtype = read_header(member)
-                if dtype != np.uint8 or tuple(shape[1:]) != IMAGE_SHAPE or gaze.shape != (shape[0], 3):
-                    raise ValueError(f'real {dtype} {shape}, gaze {gaze.shape}')
-                images_path, labels_path = cache_files(folder)
-                # Column-major images (saved straight from loadmat's arrays) have no rows to stream: read whole once.
-                rows = _chunks(member, shape[0]) if not fortran_order else np.array_split(
-                    np.load(old_path)['real'], max(1, shape[0] // 4096))
-                write_rows(images_path, IMAGE_SHAPE, np.uint8, rows)
-    except (KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        with np.load(old_path, allow_pickle=False) as arrays:
+            gaze, right_eye = arrays['gaze'], arrays['right_eye']  # small: only the images are streamed
+    except (KeyError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError(f'not a complete cache ({type(e).__name__})') from None
+    images_path, labels_path = cache_files(folder)
+    try:
+        shape, dtype, rows = npz_member_rows(old_path, 'real', 4096, 'Convert gaze.npz')
+    except ValueError:
+        # Images saved straight from loadmat's column-major arrays have no rows to stream: read whole, once.
+        shape, dtype, rows = _whole_old_images(old_path)
+    if dtype != np.uint8 or shape[1:] != IMAGE_SHAPE or gaze.shape != (shape[0], 3):
+        raise ValueError(f'real {dtype} {shape}, gaze {gaze.shape}')
+    write_rows(images_path, IMAGE_SHAPE, np.uint8, rows)
     _write_labels(labels_path, gaze, right_eye)
     os.remove(old_path)
 
 
-def _chunks(member, count, rows=4096):
-    """count images of a stream, rows at a time, with a progress bar."""
-    row_bytes = int(np.prod(IMAGE_SHAPE))
-    for start in tqdm(range(0, count, rows), desc='Convert gaze.npz', unit='chunk',
-                      disable=None if count >= 100 * rows else True):
-        data = member.read(row_bytes * min(rows, count - start))
-        if len(data) != row_bytes * min(rows, count - start):
-            raise EOFError('truncated')
-        yield np.frombuffer(data, np.uint8).reshape(-1, *IMAGE_SHAPE)
+def _whole_old_images(old_path):
+    try:
+        with np.load(old_path, allow_pickle=False) as arrays:
+            images = arrays['real']
+    except (KeyError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f'not a complete cache ({type(e).__name__})') from None
+    return images.shape, images.dtype, [images]

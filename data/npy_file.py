@@ -7,8 +7,12 @@ Not a memory map: every page of a mapped file a run has touched counts in its re
 shuffled epoch touches them all; positioned reads go through the page cache, which the kernel frees.
 """
 import os
+import shutil
+import tempfile
+import zipfile
 
 import numpy as np
+from tqdm import tqdm
 
 from utils import atomic_write
 
@@ -119,3 +123,67 @@ def read_rows(path):
     except OSError as error:
         raise ValueError(f"unreadable ({error.strerror})") from None
 
+
+
+def npz_member_rows(path, name, chunk_rows, desc):
+    """(shape, row chunks) of array name of the .npz at path, streamed from its zip member: never the whole array.
+
+    For converting the single-file caches of earlier versions. ValueError (with the reason) when the file
+    or the array does not read, or is stored column by column (no rows to stream); raised on the first
+    chunk when the damage is further in (the member's CRC is checked at its end).
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+        member = archive.open(f"{name}.npy")
+        version = np.lib.format.read_magic(member)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(member)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{name}: {str(error).splitlines()[0][:200]}") from None
+    if fortran_order:
+        archive.close()
+        raise ValueError(f"{name}: stored column by column")
+
+    def chunks():
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        with archive, member, tqdm(total=shape[0], desc=desc, disable=None if shape[0] >= 10000 else True) as bar:
+            for start in range(0, shape[0], chunk_rows):
+                count = min(chunk_rows, shape[0] - start)
+                try:
+                    data = member.read(count * row_bytes)
+                except (OSError, EOFError, zipfile.BadZipFile) as error:
+                    raise ValueError(f"{name}: {str(error).splitlines()[0][:200]}") from None
+                if len(data) != count * row_bytes:
+                    raise ValueError(f"{name}: truncated")
+                bar.update(count)
+                yield np.frombuffer(data, dtype).reshape(count, *shape[1:])
+
+    return tuple(shape), dtype, chunks()
+
+
+def write_temporary_rows(folder, row_shape, dtype, batches):
+    """NpyRows of row batches written to a hidden temporary .npy in folder, whose name is removed at once.
+
+    The open NpyRows keeps the file's content until it is dropped (the end of the run, or a crash), so
+    nothing is left behind. OSError (OutputError) when folder cannot be written.
+    """
+    directory = tempfile.mkdtemp(prefix=".simgan-rows-", dir=folder)
+    try:
+        path = os.path.join(directory, "rows.npy")
+        write_rows(path, row_shape, dtype, batches)
+        return read_rows(path)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def temporary_rows(folder, row_shape, dtype, make_batches, what):
+    """write_temporary_rows in folder, else (a read-only folder, a full disk) in the system's temporary folder.
+
+    make_batches() gives the row batches; a retry calls it again. what: the rows, for the line that says so.
+    """
+    try:
+        return write_temporary_rows(folder, row_shape, dtype, make_batches())
+    except OSError as error:
+        print(f"[!] Cannot write {what} in {folder} ({error}): writing them to {tempfile.gettempdir()}")
+        return write_temporary_rows(tempfile.gettempdir(), row_shape, dtype, make_batches())

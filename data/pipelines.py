@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from data.npy_file import read_rows, write_rows
+from data.npy_file import temporary_rows
 from utils import denormalize, normalize
 
 
@@ -105,16 +105,19 @@ def array_batches(images, input_shape, batch_size, seed=None, labels=None, names
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def save_crops(paths, input_shape, batch_size, target, refine=None, desc="Load synthetic images"):
-    """Every crop once, in order, as uint8 rows (H, W, C) at the network's input size in the .npy target.
+def crops_on_disk(paths, input_shape, batch_size, folder, refine=None, desc="Load synthetic images"):
+    """Every crop once, in order, as uint8 rows (H, W, C) at the network's input size, in a temporary file.
 
     refine (a callable on [-1, 1] batches: the refiner) runs inside the tf.data pipeline, batch by
     batch. The result is quantised as test mode's PNGs are, so training on it equals training on
-    refined images written to disk. Returns the rows as an NpyRows: a batch is in memory at a time.
+    refined images written to disk. Returns an NpyRows (npy_file.temporary_rows: in folder, else in the
+    system's temporary folder; gone when dropped): a batch is in memory at a time.
     """
-    dataset = synthetic_dataset(paths, input_shape, batch_size, None, training=False)
-    if refine is not None:
-        dataset = dataset.map(lambda images, names: (refine(images), names))
-    batches = (denormalize(images) for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc))
-    write_rows(target, input_shape, np.uint8, batches)
-    return read_rows(target)
+    def batches():
+        dataset = synthetic_dataset(paths, input_shape, batch_size, None, training=False)
+        if refine is not None:
+            dataset = dataset.map(lambda images, names: (refine(images), names))
+        for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc):
+            yield denormalize(images)
+
+    return temporary_rows(folder, input_shape, np.uint8, batches, "the crops at the input size")

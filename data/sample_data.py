@@ -33,7 +33,6 @@ import io
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from PIL import Image
 from scipy.ndimage import convolve, gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from utils import default_workers, process_context
+from utils import default_workers, worker_pool
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480  # UnityEyes frames
 CROP_WIDTH, CROP_HEIGHT = 140, 84  # the loader's crop around the eyelid bounding box
@@ -718,23 +717,22 @@ def _tasks(seed, num_synthetic, layout, staging):
     return real + synthetic
 
 
+def _call(task):
+    """Run one (function, args) task."""
+    function, args = task
+    return function(*args)
+
+
 def _run(tasks, workers, num_images):
     """Run every task, in worker processes when it pays; the first failure is raised."""
     if workers <= 1 or num_images < _PARALLEL_MIN:
-        for function, args in tasks:
-            function(*args)
+        for task in tasks:
+            _call(task)
         return
     # Not threads: the drawing is many small numpy calls that hold the GIL, so 2 threads measured
-    # no faster than 1.
-    with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
-        futures = [pool.submit(function, *args) for function, args in tasks]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()  # leaves only the running ones for the pool's shutdown to wait for
-            raise
+    # no faster than 1. A failure leaves the block with tasks in flight: worker_pool stops the rest.
+    with worker_pool(workers) as pool:
+        pool.map(_call, tasks, chunksize=1)
 
 
 def _check_arguments(num_synthetic, num_real, seed):

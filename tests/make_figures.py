@@ -26,8 +26,9 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import load_refiner  # noqa: E402
 from config import get_config  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
-from data.hand_data import load_hand_data, refine_crops  # noqa: E402
-from data.pipelines import load_crops, to_network_input  # noqa: E402
+from data.hand_data import load_hand_data  # noqa: E402
+from data.pipelines import crops_on_disk, to_network_input  # noqa: E402
+from hand_estimation import refine_crops  # noqa: E402
 from utils import denormalize, img_tile, run_paths, save_image  # noqa: E402
 
 LOSS_PANELS = {"refiner step": ["refiner/realism_loss", "refiner/regularization_loss", "refiner/loss"],
@@ -42,11 +43,16 @@ def statistics(images):
             "high_frequency": detail.std(axis=(1, 2)).mean()}
 
 
-def refine_all(refiner, paths, shape, batch=256):
+def everything(rows):
+    """All rows of an array on disk (the sample's few thousand images), in memory."""
+    return rows[np.arange(len(rows))]
+
+
+def refine_all(refiner, paths, shape, batch, folder):
     """(synthetic, refined): every crop as uint8 at the input size, and the same crop refined."""
-    synthetic = load_crops(paths, shape, batch)
-    refined = load_crops(paths, shape, batch, refiner, desc="Refine synthetic images")
-    return synthetic, refined
+    synthetic = crops_on_disk(paths, shape, batch, folder)
+    refined = crops_on_disk(paths, shape, batch, folder, refiner, desc="Refine synthetic images")
+    return everything(synthetic), everything(refined)
 
 
 def comparison(synthetic, refined, real, columns, scale=3):
@@ -99,12 +105,12 @@ def main():
     print(f"[*] Refining with {checkpoint}")
     if config.data_set == "hand":
         data = load_hand_data(config)
-        synthetic, real = data.synthetic.images[..., None], data.real.images[..., None]
-        refined = refine_crops(data.synthetic.images, shape, config.batch_size, refiner)[..., None]
+        synthetic, real = everything(data.synthetic.images)[..., None], everything(data.real.images)[..., None]
+        refined = everything(refine_crops(data.synthetic.images, shape, config.batch_size, refiner, data.folder))[..., None]
     else:
         data = load_gaze_data(config)
-        synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size)
-        real = denormalize(to_network_input(data.real_images, shape))  # as the discriminator sees them
+        synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size, data.gaze_dir)
+        real = denormalize(to_network_input(everything(data.real_images), shape))  # as the discriminator sees them
     prefix = "hand" if config.data_set == "hand" else "sample"
     os.makedirs(args.out, exist_ok=True)
     save_image(comparison(synthetic, refined, real[np.random.default_rng(0).permutation(len(real))], args.columns),

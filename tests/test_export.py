@@ -12,7 +12,7 @@ from PIL import Image
 
 import export
 from checkpoints import CheckpointError
-from data.pipelines import load_crops
+from data.pipelines import crops_on_disk
 from export import KERAS_FILE, SAVED_MODEL_DIR, RefinerExporter, load_any_refiner
 from model import build_refiner
 from utils import OutputError
@@ -121,7 +121,8 @@ def test_a_saved_model_refines_inside_the_estimators_pipeline(tmp_path):
     refiner = build_refiner(SHAPE)
     RefinerExporter(refiner, tmp_path)()
     refine, _ = load_any_refiner(str(tmp_path / SAVED_MODEL_DIR), "logs", SHAPE, "refiner_path")
-    through_export = load_crops(paths, SHAPE, 2, refine)
-    direct = load_crops(paths, SHAPE, 2, lambda images: refiner(images, training=False))
+    everything = np.arange(len(paths))
+    through_export = crops_on_disk(paths, SHAPE, 2, str(tmp_path), refine)[everything]
+    direct = crops_on_disk(paths, SHAPE, 2, str(tmp_path), lambda images: refiner(images, training=False))[everything]
     assert through_export.shape == (5, *SHAPE)
     assert np.abs(through_export.astype(int) - direct.astype(int)).max() <= 1  # quantised to uint8 alike

@@ -159,7 +159,7 @@ def corrupt(gaze_dir):
 
 def test_a_tree_of_good_and_bad_files_trains_on_the_good_and_reports_the_bad(data_dir, tmp_path):
     copy = tmp_path / "data"
-    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*_cropped.png", "gaze.npz", "samples"))
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*_cropped.png", ".crops_index.npz", "mpiigaze_*", "samples"))
     expected = corrupt(copy / "gaze")
     result = main_in_process(*folder_flags(copy, tmp_path), *SCHEDULE, "--max_step=1", "--load_path=run")
     assert result.returncode == 0, result.stderr[-2000:]

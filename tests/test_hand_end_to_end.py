@@ -30,6 +30,9 @@ def test_training_on_hand_depth_writes_checkpoints_samples_and_exports(trained):
     assert (model_dir / "refiner.keras").exists() and (model_dir / "refiner_saved_model").is_dir()
     assert (root / "samples" / "generative_hand" / "4.png").exists()
     assert (root / "samples" / "real_0.png").exists()  # the real crops the refiner aims for
+    hand = root / "data" / "hand"
+    assert {path.name for path in hand.iterdir() if path.is_file()} == {
+        "train_crops_16x16_synthetic.npy", "train_crops_16x16_real.npy", "train_crops_16x16_labels.npz"}
 
 
 def test_a_hand_run_resumes_and_its_refiner_refines_every_synthetic_crop(trained):
@@ -55,3 +58,5 @@ def test_the_pose_estimator_trains_on_the_refined_crops_and_is_measured_on_the_r
     evaluation = json.loads((root / "logs" / "estimation_hand_pose" / "evaluation.json").read_text())
     assert evaluation["trained_on"] == "refined" and evaluation["real_images"] == 2 and evaluation["joints"] == 14
     assert evaluation["step"] == NUM_TRAIN // 2
+    assert not list((root / "data" / "hand").glob(".*"))  # the refined crops' temporary file is gone
+

@@ -11,8 +11,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from checkpoints import CheckpointError
 from config import get_config
-from data.hand_data import HandSets
-from hand_estimation import EVALUATION_FILE, PAPER_INPUT, HandEstimatorTrainer, evaluation_table
+from data.hand_data import DepthCrops
+from data.npy_file import NpyRows, read_rows, write_rows
+from hand_estimation import (EVALUATION_FILE, PAPER_INPUT, HandEstimatorTrainer, HandSets, evaluation_table,
+                             hand_estimation_sets, refine_crops)
 from model import share_within
 from pose_model import MAX_WITHIN_PIXELS, joint_distances
 from utils import denormalize, make_run_folders, normalize, run_paths
@@ -21,8 +23,11 @@ SIZE, JOINTS = 32, 14
 TEMPLATE = np.random.default_rng(5).uniform(-6, 6, (JOINTS, 2)).astype(np.float32)  # each joint's place around the palm
 
 
-def hand_sets(count, test_count, seed, refined=False):
-    """An easy hand set: a bright palm at a random place and a dot at each joint, a fixed layout around it."""
+def hand_sets(count, test_count, seed, refined=False, folder=None):
+    """An easy hand set: a bright palm at a random place and a dot at each joint, a fixed layout around it.
+
+    folder given: the images are .npy files there, read from disk (NpyRows) as the loader's crops are.
+    """
     rng = np.random.default_rng(seed)
 
     def draw(number):
@@ -36,7 +41,15 @@ def hand_sets(count, test_count, seed, refined=False):
 
     training_images, training_joints = draw(count)
     test_images, test_joints = draw(test_count)
+    if folder is not None:
+        training_images, test_images = (on_disk(folder / f"{name}.npy", images) for name, images in
+                                        (("training", training_images), ("test", test_images)))
     return HandSets(training_images, training_joints, test_images, test_joints, (SIZE, SIZE, 1), refined, True)
+
+
+def on_disk(path, images):
+    write_rows(path, images.shape[1:], np.uint8, [images])
+    return read_rows(path)
 
 
 def tiny_config(root, *flags):
@@ -83,7 +96,8 @@ def trained(tmp_path_factory):
     estimator's code path too, tested in test_estimation.py.
     """
     root = tmp_path_factory.mktemp("hand")
-    sets = hand_sets(256, 24, seed=1, refined=True)
+    sets = hand_sets(256, 24, seed=1, refined=True, folder=root)
+    assert isinstance(sets.training_images, NpyRows) and isinstance(sets.test_images, NpyRows)
     keras.utils.set_random_seed(0)
     first, _ = run(root, sets, *LEARNS, "--num_epochs=5")
     first_checkpoint = tf.train.latest_checkpoint(root / "logs" / "estimation_hand")
@@ -131,7 +145,8 @@ def test_a_trained_estimator_beats_an_untrained_one(trained):
     config = tiny_config(trained.root, "--load_path=untrained")
     keras.utils.set_random_seed(0)  # the trained run's initial weights
     untrained = HandEstimatorTrainer(config, run_paths(config), trained.sets)
-    images = normalize(trained.sets.test_images[..., None].astype(np.float32))
+    test_images = trained.sets.test_images[np.arange(len(trained.sets.test_images))]
+    images = normalize(test_images[..., None].astype(np.float32))
     # Distances count in pixels of a 224x224 crop: 7 a pixel of these 32x32 images.
     distances = PAPER_INPUT / SIZE * joint_distances(untrained.predict_joints(images), trained.sets.test_joints)
     before = float(share_within(distances, MAX_WITHIN_PIXELS)[MAX_WITHIN_PIXELS])
@@ -148,3 +163,19 @@ def test_the_table_has_a_row_per_run_and_marks_five_pixels():
     assert len(lines) == 4 and "[  5px]" in lines[1] and "20px" in lines[1]
     assert "synthetic" in lines[2] and "[ 50.0]" in lines[2] and "7.50px" in lines[2]
     assert "refined" in lines[3] and "100.0" in lines[3]
+
+
+def test_refined_crops_go_to_a_temporary_file_that_leaves_nothing_behind(tmp_path, capsys):
+    images = hand_sets(10, 0, seed=3).training_images
+    folder = tmp_path / "hand"
+    folder.mkdir()
+    refined = refine_crops(images, (SIZE, SIZE, 1), 4, lambda batch: -batch, str(folder))
+    assert isinstance(refined, NpyRows) and refined.shape == images.shape
+    np.testing.assert_array_equal(refined[np.arange(10)], denormalize(-normalize(images.astype(np.float32))))
+    assert not list(folder.iterdir())  # the name is gone at once: the file lives as long as the rows
+    data = SimpleNamespace(synthetic=DepthCrops(images, np.zeros((10, JOINTS, 2), np.float32), np.arange(1, 11)),
+                           test=None, folder=str(tmp_path / "read_only"), is_sample=True)  # not there: not writable
+    sets = hand_estimation_sets(data, (SIZE, SIZE, 1), 4, refine=lambda batch: batch)
+    assert "[!] Cannot write the refined crops" in capsys.readouterr().out
+    assert sets.refined and isinstance(sets.training_images, NpyRows) and len(sets.test_images) == 0
+    np.testing.assert_array_equal(sets.training_images[np.arange(10)], images)

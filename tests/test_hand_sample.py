@@ -1,5 +1,6 @@
 """NYU's format (data/nyu.py) and the bundled procedural hand sample written in it (data/hand_sample.py)."""
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -264,6 +265,20 @@ def test_interrupted_write_leaves_no_train_folder_and_is_redone(tmp_path, monkey
     assert sorted(p.name for p in hand_dir.iterdir()) == ["test", "train"]
     write_hand_sample(tmp_path / "fresh", num_train=1, num_test=1, seed=1, workers=1)
     assert file_contents(hand_dir) == file_contents(tmp_path / "fresh")
+
+
+def fail_to_write(*args):
+    """A worker's task that fails: pickled by name, so module level."""
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failing_worker_is_raised_and_no_worker_is_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(hand_sample, "_PARALLEL_MIN", 0)  # so two processes write these few frames
+    monkeypatch.setattr(hand_sample, "write_frames", fail_to_write)
+    with pytest.raises(OSError, match="No space left"):
+        write_hand_sample(tmp_path / "hand", num_train=2, num_test=2, seed=1, workers=2)
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "hand" / "train").exists()
 
 
 def test_ensure_leaves_a_complete_sample_alone(sample):

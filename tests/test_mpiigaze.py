@@ -365,8 +365,8 @@ def test_an_old_gaze_npz_is_converted_a_chunk_at_a_time_and_removed(tmp_path, mo
     paths, (images, gaze, right_eye) = write_days(tmp_path / 'mat', counts=(3, 4, 5))
     old_cache(tmp_path / OLD_CACHE, np.asarray(images, order=order), gaze, right_eye)
     chunks = []
-    real_chunks = mpiigaze._chunks
-    monkeypatch.setattr(mpiigaze, '_chunks', lambda member, count: real_chunks(member, count, rows=5))
+    real_member_rows = mpiigaze.npz_member_rows
+    monkeypatch.setattr(mpiigaze, 'npz_member_rows', lambda path, name, rows, desc: real_member_rows(path, name, 5, desc))
     real_write_rows = mpiigaze.write_rows
     monkeypatch.setattr(mpiigaze, 'write_rows', lambda path, shape, dtype, batches: real_write_rows(
         path, shape, dtype, (chunks.append(len(batch)) or batch for batch in batches)))

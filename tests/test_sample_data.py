@@ -1,6 +1,7 @@
 """The bundled sample: determinism, the real data sets' formats, label conventions and the domain gap."""
 import json
 import math
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def synthetic_at_real_size(paths):
 def test_same_seed_same_bytes_whatever_the_workers(sample, tmp_path):
     gaze_dir, _ = sample
     again = write_sample(tmp_path / "gaze", num_synthetic=NUM_SYNTHETIC, num_real=NUM_REAL, seed=SEED, workers=1)
-    first = {name: content for name, content in file_contents(gaze_dir).items() if "_cropped" not in name}
+    first = {name: content for name, content in file_contents(gaze_dir).items()
+             if "_cropped" not in name and unityeyes.INDEX_NAME not in name}  # what the cropper adds
     assert file_contents(tmp_path / "gaze") == first
     assert again.num_synthetic == NUM_SYNTHETIC and again.num_real == NUM_REAL and again.seconds > 0
 
@@ -107,6 +109,19 @@ def test_interrupted_run_is_detectable_and_redone(tmp_path, monkeypatch):
     write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
     assert not (gaze_dir / STAGING_NAME).exists()
     assert file_contents(gaze_dir) == file_contents(_fresh(tmp_path / "fresh", 3, 4, 1))
+
+
+def fail_to_write(*args):
+    """A worker's task that fails: pickled by name, so module level."""
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failing_worker_is_raised_and_no_worker_is_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_data, "write_synthetic", fail_to_write)
+    with pytest.raises(OSError, match="No space left"):
+        write_sample(tmp_path / "gaze", num_synthetic=70, num_real=4, seed=1, workers=2)  # 74: in a pool
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "gaze" / "UnityEyes").exists()
 
 
 def _fresh(gaze_dir, num_synthetic, num_real, seed):

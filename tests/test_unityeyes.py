@@ -11,6 +11,7 @@ from PIL import Image
 from data import unityeyes
 from data.unityeyes import (BAD_CROP, BAD_JSON, BAD_LANDMARKS, CROP_SUFFIX, NO_IMAGE, NO_JSON, NO_LANDMARKS,
                             NOT_A_CROP, OUTSIDE, UNREADABLE, natural_key, parse_vector, prepare_crops)
+from utils import OutputError
 
 WIDTH, HEIGHT = 640, 480
 CROP_W, CROP_H = 140, 84
@@ -73,6 +74,11 @@ def assert_close(crop, expected):
 
 def names(paths):
     return [os.path.basename(p) for p in paths]
+
+
+def hidden(folder):
+    """Hidden files in folder other than the crop index: temporary files someone left behind."""
+    return [n for n in os.listdir(folder) if n.startswith('.') and n != unityeyes.INDEX_NAME]
 
 
 # ---------------------------------------------------------------- parse_vector, natural_key
@@ -141,6 +147,12 @@ def test_parse_vector_rejects_malformed(text):
 def test_natural_key_orders_numbers_by_value():
     shuffled = ['10.jpg', '2.jpg', '1.jpg', '100.jpg', '9.jpg', 'a10', 'a9']
     assert sorted(shuffled, key=natural_key) == ['1.jpg', '2.jpg', '9.jpg', '10.jpg', '100.jpg', 'a9', 'a10']
+
+
+@pytest.mark.parametrize('stems', [['10', '2', '007', '7', '1', '0', '100', '07'], ['10', '2', 'a1', '1'], ['²', '1'],
+                                   ['', '3', '1']])
+def test_the_quick_sort_of_digit_stems_is_the_natural_order(stems):
+    assert unityeyes._natural_sorted(set(stems)) == sorted(set(stems), key=natural_key)
 
 
 # ---------------------------------------------------------------- crop content and position
@@ -326,6 +338,157 @@ def test_accepts_str_and_pathlike(tmp_path):
     assert names(prepare_crops(str(tmp_path), workers=1).paths) == names(prepare_crops(tmp_path, workers=1).paths)
 
 
+# ---------------------------------------------------------------- the crop index: later starts open nothing
+
+def spy_checks(monkeypatch):
+    """(stems process_item is asked about, crops _crop_is_valid opens) from now on; workers=1 keeps them here."""
+    asked, opened = [], []
+    real_process_item, real_crop_is_valid = unityeyes.process_item, unityeyes._crop_is_valid
+
+    def process_item(task):
+        asked.append(task[1])
+        return real_process_item(task)
+
+    def crop_is_valid(path, jpg_path):
+        opened.append(os.path.basename(path))
+        return real_crop_is_valid(path, jpg_path)
+    monkeypatch.setattr(unityeyes, 'process_item', process_item)
+    monkeypatch.setattr(unityeyes, '_crop_is_valid', crop_is_valid)
+    return asked, opened
+
+
+def test_a_second_start_on_an_unchanged_folder_opens_no_crop(tmp_path, monkeypatch):
+    for stem in ('1', '2', '10'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    first = prepare_crops(tmp_path, workers=1)
+    index = tmp_path / unityeyes.INDEX_NAME
+    written = index.stat().st_mtime_ns
+    asked, opened = spy_checks(monkeypatch)
+    second = prepare_crops(tmp_path, workers=1)
+    assert asked == [] and opened == []
+    assert second.paths == first.paths and second.found['crops'] == 3
+    assert second.skipped == {} and second.padded == second.remade == []
+    assert index.stat().st_mtime_ns == written  # nothing changed: not written again
+    assert not hidden(tmp_path)
+
+
+def test_a_crop_changed_after_the_first_start_is_checked_and_remade(tmp_path, monkeypatch):
+    for stem in ('1', '2', '3'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    prepare_crops(tmp_path, workers=1)
+    good = read_crop(tmp_path / ('2' + CROP_SUFFIX))
+    (tmp_path / ('2' + CROP_SUFFIX)).write_bytes(b'garbage')
+    asked, _ = spy_checks(monkeypatch)
+    report = prepare_crops(tmp_path, workers=1)
+    assert asked == ['2'] and report.remade == ['2' + CROP_SUFFIX]
+    assert names(report.paths) == [f'{i}{CROP_SUFFIX}' for i in (1, 2, 3)]
+    assert (read_crop(tmp_path / ('2' + CROP_SUFFIX)) == good).all()
+    asked.clear()
+    prepare_crops(tmp_path, workers=1)
+    assert asked == []  # the remade crop went into the index
+
+
+def test_a_new_frame_is_cropped_and_takes_its_place_in_the_order(tmp_path, monkeypatch):
+    for stem in ('1', '2', '20'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    prepare_crops(tmp_path, workers=1)
+    write_frame(tmp_path, '10', centre=(300, 200))
+    asked, _ = spy_checks(monkeypatch)
+    report = prepare_crops(tmp_path, workers=1)
+    assert asked == ['10']
+    assert names(report.paths) == [f'{i}{CROP_SUFFIX}' for i in (1, 2, 10, 20)]
+
+
+def test_a_crop_whose_frame_was_deleted_is_still_used_and_then_indexed(tmp_path, monkeypatch):
+    for stem in ('1', '4'):
+        write_frame(tmp_path, stem)
+    prepare_crops(tmp_path, workers=1)
+    os.remove(tmp_path / '4.jpg')
+    os.remove(tmp_path / '4.json')
+    asked, _ = spy_checks(monkeypatch)
+    second = prepare_crops(tmp_path, workers=1)
+    third = prepare_crops(tmp_path, workers=1)
+    assert asked == ['4']  # checked once, the frame being gone; vouched for on the third start
+    for report in (second, third):
+        assert names(report.paths) == ['1' + CROP_SUFFIX, '4' + CROP_SUFFIX] and report.skipped == {}
+
+
+def test_stopping_at_max_num_indexes_what_it_saw(tmp_path, monkeypatch):
+    for stem in ('1', '2', '3', '4'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    assert len(prepare_crops(tmp_path, max_num=2, workers=1).paths) == 2
+    asked, _ = spy_checks(monkeypatch)
+    assert names(prepare_crops(tmp_path, max_num=3, workers=1).paths) == [f'{i}{CROP_SUFFIX}' for i in (1, 2, 3)]
+    assert names(prepare_crops(tmp_path, workers=1).paths) == [f'{i}{CROP_SUFFIX}' for i in (1, 2, 3, 4)]
+    assert asked == ['3', '4']
+
+
+def damage_index(index, damage, monkeypatch):
+    if damage == 'garbage':
+        index.write_bytes(os.urandom(300))
+    elif damage == 'truncated':
+        index.write_bytes(index.read_bytes()[:150])
+    elif damage == 'empty':
+        index.write_bytes(b'')
+    elif damage == 'pickled':  # object arrays load only through pickle, which may run code: refused
+        np.savez(index, version=unityeyes.BOX_VERSION, stems=np.array(['1'], object), files=np.zeros((1, 4), int))
+    elif damage == 'wrong shape':
+        np.savez(index, version=unityeyes.BOX_VERSION, stems=np.frombuffer(b'1\0', np.uint8),
+                 files=np.zeros((3, 4), np.int64))
+    elif damage == 'other crop rule':
+        monkeypatch.setattr(unityeyes, 'BOX_VERSION', unityeyes.BOX_VERSION + 1)
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated', 'empty', 'pickled', 'wrong shape', 'other crop rule'])
+def test_a_damaged_or_stale_index_is_one_warning_and_made_again(tmp_path, monkeypatch, capsys, damage):
+    for stem in ('1', '2', '3'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    prepare_crops(tmp_path, workers=1)
+    index = tmp_path / unityeyes.INDEX_NAME
+    damage_index(index, damage, monkeypatch)
+    asked, _ = spy_checks(monkeypatch)
+    capsys.readouterr()
+    report = prepare_crops(tmp_path, workers=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'[!] Ignoring the crop index {index} ('), lines
+    assert asked == ['1', '2', '3'] and len(report.paths) == 3 and report.remade == []
+    asked.clear()
+    assert len(prepare_crops(tmp_path, workers=1).paths) == 3
+    assert asked == [] and capsys.readouterr().out == ''  # made again, and good
+
+
+def test_an_index_that_cannot_be_written_is_one_warning(tmp_path, monkeypatch, capsys):
+    for stem in ('1', '2'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    prepare_crops(tmp_path, workers=1)
+    (tmp_path / unityeyes.INDEX_NAME).unlink()  # as if the folder had turned read-only before one was written
+    os.chmod(tmp_path, 0o555)
+    if os.geteuid() == 0:  # root writes anyway: fail as on a read-only file system
+        def read_only(path, write):
+            raise OutputError(f'cannot write in {tmp_path}: Read-only file system')
+        monkeypatch.setattr(unityeyes, 'atomic_write', read_only)
+    try:
+        capsys.readouterr()
+        report = prepare_crops(tmp_path, workers=1)
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert names(report.paths) == ['1' + CROP_SUFFIX, '2' + CROP_SUFFIX] and report.skipped == {}
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('[!] Cannot write the crop index'), lines
+    assert not (tmp_path / unityeyes.INDEX_NAME).exists() and not hidden(tmp_path)
+
+
+def test_the_index_holds_arrays_not_objects(tmp_path):
+    for stem in ('1', '2', '10'):
+        write_frame(tmp_path, stem, centre=(300, 200))
+    prepare_crops(tmp_path, workers=1)
+    with np.load(tmp_path / unityeyes.INDEX_NAME) as index:  # allow_pickle=False: no object array in it
+        assert index['stems'].tobytes() == b'1\x002\x0010\x00'
+        assert index['files'].dtype == np.int64 and index['files'].shape == (3, 4)
+        crop, jpg = os.stat(tmp_path / ('10' + CROP_SUFFIX)), os.stat(tmp_path / '10.jpg')
+        assert list(index['files'][2]) == [crop.st_size, crop.st_mtime_ns, jpg.st_size, jpg.st_mtime_ns]
+
+
 # ---------------------------------------------------------------- bad inputs
 
 def make_bad_folder(directory, good_stems=('1', '5', '20')):
@@ -415,7 +578,7 @@ def test_every_bad_input_is_skipped_under_its_reason_and_every_good_one_used(tmp
     # No crop for any bad frame, no hidden temporary file left behind.
     made = sorted(n for n in os.listdir(tmp_path) if n.endswith(CROP_SUFFIX))
     assert made == ['1' + CROP_SUFFIX, '20' + CROP_SUFFIX, '5' + CROP_SUFFIX]
-    assert [n for n in os.listdir(tmp_path) if n.startswith('.')] == ['.hidden.jpg']  # the fixture's own
+    assert hidden(tmp_path) == ['.hidden.jpg']  # the fixture's own
     for path in report.paths:
         read_crop(path)
 
@@ -447,7 +610,7 @@ def test_an_unexpected_error_skips_one_frame_only(tmp_path, monkeypatch):
     assert report.paths == [str(tmp_path / ('1' + CROP_SUFFIX))]
     # utils.atomic_write turns the OSError into an OutputError after removing its temporary file.
     assert report.skipped == {f'{unityeyes.UNEXPECTED} (OutputError)': ['2.jpg']}
-    assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]
+    assert not hidden(tmp_path)
 
 
 # ---------------------------------------------------------------- parallel path
@@ -504,10 +667,10 @@ def test_parallel_path_respects_max_num_and_cleans_up(tmp_path):
         report = prepare_crops(folder, max_num=5, workers=2)
         assert names(report.paths) == [f'{i}{CROP_SUFFIX}' for i in range(5)]
         assert multiprocessing.active_children() == []
-        assert not [n for n in os.listdir(folder) if n.startswith('.')]
+        assert not hidden(folder)
     full = prepare_crops(folder, workers=2)
     assert names(full.paths) == [f'{i}{CROP_SUFFIX}' for i in range(count)]
-    assert not [n for n in os.listdir(folder) if n.startswith('.')]
+    assert not hidden(folder)
     for path in full.paths:
         read_crop(path)
 

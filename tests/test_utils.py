@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from config import get_config
-from utils import (OutputError, atomic_write, cpu_has_bf16, default_workers, denormalize, img_tile, make_run_folders,
+from utils import (CPU_BF16_VARIABLE, OutputError, atomic_write, cpu_has_bf16, default_workers, denormalize, img_tile, make_run_folders,
                    model_name, normalize, run_paths, save_image, save_params)
 
 
@@ -101,7 +101,8 @@ def test_img_tile_places_images_in_rows_with_a_white_border():
 
 @pytest.mark.parametrize("flags,expected", [("fpu sse avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True),
                                             ("fpu sse avx2 avx512f", False)])
-def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, flags, expected):
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, monkeypatch, flags, expected):
+    monkeypatch.delenv(CPU_BF16_VARIABLE, raising=False)
     (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert cpu_has_bf16(str(tmp_path / "cpuinfo")) is expected
     assert cpu_has_bf16(str(tmp_path / "missing")) is False
@@ -117,3 +118,10 @@ def test_normalize_and_denormalize_are_inverse_and_explicit():
 
 def test_default_workers_is_between_two_and_the_cap():
     assert 2 <= default_workers() <= 32
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("0", False)])
+def test_the_variable_overrides_what_the_cpu_says(tmp_path, monkeypatch, value, expected):
+    (tmp_path / "cpuinfo").write_text(f"flags\t\t: fpu {'' if expected else 'avx512_bf16'}\n")
+    monkeypatch.setenv(CPU_BF16_VARIABLE, value)
+    assert cpu_has_bf16(str(tmp_path / "cpuinfo")) is expected
