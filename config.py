@@ -22,7 +22,8 @@ GOOD_ESTIMATOR_STEPS = 300    # what the suggested --batch_size gives at least
 DATA_SET_DEFAULTS = {
     "gaze": {"input_height": 35, "input_width": 55, "initial_K_g": 1000, "batch_size": 512, "buffer_size": 25600,
              "learning_rate": 0.001},
-    # 224x224 images: a batch of 32 keeps the refiner's activations near 17 GB, the buffer at 640 MB.
+    # 224x224 images: batch 32 (the refiner steps through it an image at a time, trainer.MICRO_BATCH_PIXELS),
+    # the buffer at 640 MB.
     # Learning rate 1e-4: at 1e-3 Adam's first step saturates the tanh of the 10-block 7x7 refiner for good.
     "hand": {"input_height": 224, "input_width": 224, "initial_K_g": 500, "batch_size": 32, "buffer_size": 3200,
              "learning_rate": 1e-4},
