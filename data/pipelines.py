@@ -66,6 +66,8 @@ def synthetic_dataset(paths, input_shape, batch_size, seed, training=True, shard
     if training:
         dataset = indices.map(lambda index: _decode_crop(paths[index], input_shape),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A crop damaged after the start's check (a disk error mid-run) is skipped with a warning, not fatal.
+        dataset = dataset.ignore_errors(log_warning=True)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     dataset = indices.map(lambda index: (_decode_crop(paths[index], input_shape), paths[index]),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

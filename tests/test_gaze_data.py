@@ -177,6 +177,17 @@ def test_synthetic_training_batches_are_fixed_size_seeded_and_repeat(sample_root
     assert not np.array_equal(first[0], other)
 
 
+def test_a_crop_damaged_during_training_is_skipped_not_fatal(sample_root, tmp_path):
+    paths = load_gaze_data(refining_config(sample_root, tmp_path)).synthetic_paths[:4]
+    copies = []
+    for index, path in enumerate(paths):
+        copies.append(str(tmp_path / f"{index}_cropped.png"))
+        with open(path, "rb") as source, open(copies[-1], "wb") as target:
+            target.write(source.read() if index else b"\x89PNG garbage")
+    batches = iter(synthetic_dataset(copies, SHAPE, 3, seed=1))
+    assert [next(batches).shape for _ in range(4)] == [(3, *SHAPE)] * 4  # the three good crops, epoch after epoch
+
+
 def test_synthetic_evaluation_batches_keep_order_and_the_last_partial_batch(sample_root, tmp_path):
     paths = load_gaze_data(refining_config(sample_root, tmp_path)).synthetic_paths
     batches = list(synthetic_dataset(paths[:7], (35, 55, 3), 4, seed=0, training=False))
