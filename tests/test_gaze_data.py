@@ -221,6 +221,8 @@ def test_each_input_pipeline_reads_its_own_share(tmp_path):
     assert sorted(shares[0] + shares[1]) == [i * 30 for i in range(8)]
     in_order = [batch_values(batch) for batch in array_batches(on_disk, SHAPE, 3, shard=(2, 1))]
     assert in_order == [[30, 90, 150], [210]]
+    with pytest.raises(ValueError, match="no items"):  # not an endless stream of empty epochs
+        array_batches(on_disk[np.arange(1)], SHAPE, 3, seed=1, shard=(2, 1))
 
 
 def legacy_resize(uint8_images, size=SHAPE[:2]):
