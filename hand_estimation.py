@@ -27,7 +27,7 @@ from data import nyu
 from data.hand_data import DepthCrops
 from data.npy_file import temporary_rows
 from data.pipelines import array_batches
-from distribution import distribute, distributed_batches, is_chief, run_on_replicas
+from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
 from export import load_any_refiner
 from model import batch_mean, share_within
 from pose_model import (MAX_WITHIN_PIXELS, build_hand_estimator, heatmap_joints, heatmap_loss, joint_distances,
@@ -193,8 +193,8 @@ class HandEstimatorTrainer:
             for _ in tqdm(range(done, steps_per_epoch), desc=f"Train hand estimator, epoch {epoch + 1}",
                           initial=done, total=steps_per_epoch):
                 images, joints = next(batches)
-                if int(self.optimizer.iterations.numpy()) == 0 and self.chief:  # the first replica's share
-                    write_first_batch(self.strategy.experimental_local_results(images)[0], self.config,
+                if int(self.optimizer.iterations.numpy()) == 0 and self.chief:
+                    write_first_batch(local_batch(self.strategy, images), self.config,
                                       self.paths.sample_dir)
                 values = self.train_step(images, joints)
                 step = int(self.optimizer.iterations.numpy())

@@ -20,6 +20,14 @@ HEADER_BYTES = 128  # room for any shape: the header is written last, when the r
 MAGIC = b"\x93NUMPY\x01\x00"
 
 
+def _read_header(handle):
+    """(shape, fortran_order, dtype) of the .npy whose start handle is at; the rows follow where it stops."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    return np.lib.format.read_array_header_2_0(handle)
+
+
 class NpyRows:
     """The rows of a .npy file (C order, any shape and plain dtype), read on demand: rows[indices]."""
 
@@ -27,10 +35,7 @@ class NpyRows:
         self.path = os.fspath(path)
         with open(self.path, "rb") as handle:
             try:
-                version = np.lib.format.read_magic(handle)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran_order, dtype = read_header(handle)
+                shape, fortran_order, dtype = _read_header(handle)
             except (ValueError, OSError, SyntaxError) as error:
                 raise ValueError(f"not a .npy file ({error})") from None
             self.offset = handle.tell()
@@ -135,10 +140,7 @@ def npz_member_rows(path, name, chunk_rows, desc):
     try:
         archive = zipfile.ZipFile(path)
         member = archive.open(f"{name}.npy")
-        version = np.lib.format.read_magic(member)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(member)
+        shape, fortran_order, dtype = _read_header(member)
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{name}: {str(error).splitlines()[0][:200]}") from None
     if fortran_order:
