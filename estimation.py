@@ -19,7 +19,7 @@ from data.gaze_data import estimation_sets
 from export import load_any_refiner
 from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
 from model import MAX_WITHIN_DEGREES, angular_error, batch_mean, build_estimator, euclidean_loss, share_within
-from training_loop import TrainingLoop, make_optimizer, minimize, write_first_batch
+from training_loop import Supervisor, make_optimizer, minimize, write_first_batch
 from utils import write_json
 
 EARLY_STOPPING_PATIENCE = 3  # epochs without a lower validation error before training stops
@@ -91,8 +91,8 @@ class EstimatorTrainer:
         if self._epochs_left():
             self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                    else tf.summary.create_noop_writer())
-            with self.summary_writer.as_default(), TrainingLoop(self.config, self.checkpoints, self.strategy) as loop:
-                finished = self._train_epochs(loop)
+            with self.summary_writer.as_default(), Supervisor(self.config, self.checkpoints, self.strategy) as supervisor:
+                finished = self._train_epochs(supervisor)
             self.checkpoints.save(int(self.optimizer.iterations.numpy()))
             self.checkpoints.close()
             self.best.close()
@@ -104,7 +104,7 @@ class EstimatorTrainer:
     def _epochs_left(self):
         return int(self.epoch.numpy()) < self.config.num_epochs and int(self.stale_epochs.numpy()) < EARLY_STOPPING_PATIENCE
 
-    def _train_epochs(self, loop):
+    def _train_epochs(self, supervisor):
         """Epochs until the cap or the patience runs out; False when a stop was requested."""
         steps_per_epoch = len(self.sets.training[0]) // self.config.batch_size
         seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
@@ -112,14 +112,14 @@ class EstimatorTrainer:
             self.strategy, lambda replica_batch, shard: self.sets.training_batches(replica_batch, seed, shard),
             self.config.batch_size)
         while self._epochs_left():
-            if not self._train_epoch(batches, steps_per_epoch, loop):
+            if not self._train_epoch(batches, steps_per_epoch, supervisor):
                 return False
             self._end_epoch()
         if int(self.stale_epochs.numpy()) >= EARLY_STOPPING_PATIENCE:
             print(f"[*] Validation error has not improved for {EARLY_STOPPING_PATIENCE} epochs: stopping")
         return True
 
-    def _train_epoch(self, batches, steps_per_epoch, loop):
+    def _train_epoch(self, batches, steps_per_epoch, supervisor):
         """One pass over the training split (resumed mid-epoch where the checkpoint left it)."""
         epoch = int(self.epoch.numpy())
         done = min(max(int(self.optimizer.iterations.numpy()) - epoch * steps_per_epoch, 0), steps_per_epoch)
@@ -130,8 +130,8 @@ class EstimatorTrainer:
                 write_first_batch(local_batch(self.strategy, images), self.config, self.paths.sample_dir)
             losses = self.train_step(images, gaze)
             step = int(self.optimizer.iterations.numpy())
-            loop.log(losses, step)
-            if not loop.resumable(step):
+            supervisor.log(losses, step)
+            if not supervisor.checkpoint_and_continue(step):
                 return False
         return True
 

@@ -32,7 +32,7 @@ from export import load_any_refiner
 from model import batch_mean, share_within
 from pose_model import (MAX_WITHIN_PIXELS, build_hand_estimator, heatmap_joints, heatmap_loss, joint_distances,
                         joint_heatmaps)
-from training_loop import TrainingLoop, make_optimizer, minimize, write_first_batch
+from training_loop import Supervisor, make_optimizer, minimize, write_first_batch
 from utils import denormalize, write_json
 
 EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
@@ -150,8 +150,8 @@ class HandEstimatorTrainer:
         if int(self.epoch.numpy()) < self.config.num_epochs:
             writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                       else tf.summary.create_noop_writer())
-            with writer.as_default(), TrainingLoop(self.config, self.checkpoints, self.strategy) as loop:
-                finished = self._train_epochs(loop)
+            with writer.as_default(), Supervisor(self.config, self.checkpoints, self.strategy) as supervisor:
+                finished = self._train_epochs(supervisor)
             writer.flush()
             self.checkpoints.save(int(self.optimizer.iterations.numpy()))
         self.checkpoints.close()
@@ -181,7 +181,7 @@ class HandEstimatorTrainer:
                 shard=shard),
             self.config.batch_size)
 
-    def _train_epochs(self, loop):
+    def _train_epochs(self, supervisor):
         """Epochs up to --num_epochs; False when a stop was requested."""
         steps_per_epoch = len(self.sets.training_images) // self.config.batch_size  # checked: at least 1
         seed = self.config.random_seed + int(self.optimizer.iterations.numpy())  # a resumed run sees fresh batches
@@ -198,9 +198,9 @@ class HandEstimatorTrainer:
                                       self.paths.sample_dir)
                 values = self.train_step(images, joints)
                 step = int(self.optimizer.iterations.numpy())
-                loop.log(values, step)
+                supervisor.log(values, step)
                 errors.append(float(values["estimator/joint_error"]))
-                if not loop.resumable(step):
+                if not supervisor.checkpoint_and_continue(step):
                     return False
             self.epoch.assign_add(1)
             tqdm.write(f"[*] Epoch {epoch + 1}/{self.config.num_epochs}: mean training joint error "

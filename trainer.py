@@ -18,7 +18,7 @@ from export import RefinerExporter
 from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
                    self_regularization)
-from training_loop import TrainingLoop, apply_gradients, make_optimizer, minimize
+from training_loop import Supervisor, apply_gradients, make_optimizer, minimize
 from utils import denormalize, img_tile, save_image
 
 # Pixels of the images whose activations are alive at once in a step: 32 gaze crops of 35x55 (tests/benchmark.py:
@@ -69,7 +69,7 @@ class Trainer:
         self.micro_batches = 1 if config.jit_compile else micro_batches(self.replica_batch, self.image_shape)
         # Each step: a per-replica body (arithmetic only, XLA-compiled with --jit_compile) run on every replica.
         self.replica_steps = {name: tf.function(body, jit_compile=config.jit_compile) for name, body in (
-            ("pretrain_refiner", self._pretrain_refiner_step), ("refiner", self._refiner_step),
+            ("warm_up_refiner", self._warm_up_refiner_step), ("refiner", self._refiner_step),
             ("discriminator", self._discriminator_step))}
         self.compiled_steps = {name: tf.function(functools.partial(run_on_replicas, self.strategy, body))
                                for name, body in self.replica_steps.items()}
@@ -77,9 +77,9 @@ class Trainer:
         self.refine = tf.function(lambda images: self.refiner(images, training=False),
                                   input_signature=[tf.TensorSpec((None, *self.image_shape), tf.float32)])
 
-    def pretrain_refiner_step(self, synthetic):
+    def warm_up_refiner_step(self, synthetic):
         """(losses, refined) of one warm-up step on a global batch."""
-        return self.compiled_steps["pretrain_refiner"](distribute(self.strategy, synthetic))
+        return self.compiled_steps["warm_up_refiner"](distribute(self.strategy, synthetic))
 
     def refiner_step(self, synthetic):
         """(losses, refined) of one adversarial refiner step on a global batch."""
@@ -93,7 +93,7 @@ class Trainer:
 
     # ---- step functions, per replica: arithmetic only; the loop does summaries and I/O ----
 
-    def _pretrain_refiner_step(self, synthetic):
+    def _warm_up_refiner_step(self, synthetic):
         """The paper's warm-up: the refiner learns the identity under self-regularization only."""
         def losses(chunk):
             refined = self.refiner(chunk, training=True)
@@ -171,16 +171,16 @@ class Trainer:
         return int(self.refiner_optimizer.iterations.numpy()) + int(self.discriminator_optimizer.iterations.numpy())
 
     def train(self):
-        """Pre-train the refiner, then the discriminator, then alternate; resumable at any point."""
+        """Warm up the refiner, then the discriminator, then alternate; resumable at any point."""
         self.restore()
         self._open_batches(self.config.random_seed + self.global_step)  # a resumed run continues with fresh batches
         rows, cols = self.config.sample_image_grid  # fixed images: every sample grid is comparable
         self.test_images = self.data.test_images(self.image_shape, rows * cols)
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
-        loop = TrainingLoop(self.config, self.checkpoints, self.strategy)
-        with self.summary_writer.as_default(), loop as self.loop:
-            for phase in (self._train_refiner, self._train_discriminator, self._train_both):
+        supervisor = Supervisor(self.config, self.checkpoints, self.strategy)
+        with self.summary_writer.as_default(), supervisor as self.supervisor:
+            for phase in (self._warm_up_refiner, self._warm_up_discriminator, self._train_adversarially):
                 if not phase():
                     break
         self.checkpoints.save(self.global_step)
@@ -202,31 +202,31 @@ class Trainer:
         self.fresh_batches = stream(data.synthetic_batches, batch // 2, seed + 1)
         self.real_batches = stream(data.real_batches, batch, seed)
 
-    def _train_refiner(self):
+    def _warm_up_refiner(self):
         """`initial_K_g` refiner steps on self-regularization; the last 10% fill the history buffer."""
         total, done = self.config.initial_K_g, int(self.refiner_optimizer.iterations.numpy())
         fill_from = total - max(1, total // 10)
         for step in tqdm(range(done, total), desc="Train refiner", initial=done, total=total):
-            losses, refined = self.pretrain_refiner_step(next(self.synthetic_batches))
+            losses, refined = self.warm_up_refiner_step(next(self.synthetic_batches))
             if step >= fill_from:
                 self.history_buffer.push(refined)
             self._log_refiner(losses)
-            if not self.loop.resumable(self.global_step):
+            if not self.supervisor.checkpoint_and_continue(self.global_step):
                 return False
         return True
 
-    def _train_discriminator(self):
+    def _warm_up_discriminator(self):
         """`initial_K_d` discriminator steps against the warmed-up refiner."""
         total, done = self.config.initial_K_d, int(self.discriminator_optimizer.iterations.numpy())
         if done < total:
             self._ensure_history()
         for _ in tqdm(range(done, total), desc="Train discrim", initial=done, total=total):
             self._discriminate()
-            if not self.loop.resumable(self.global_step):
+            if not self.supervisor.checkpoint_and_continue(self.global_step):
                 return False
         return True
 
-    def _train_both(self):
+    def _train_adversarially(self):
         """`max_step` iterations of K_g refiner steps (each pushes to the history) and K_d discriminator steps.
 
         A run stops or checkpoints only between whole iterations, so a resumed run repeats none.
@@ -242,7 +242,7 @@ class Trainer:
             for _ in range(self.config.K_d):
                 self._discriminate()
             self.step.assign_add(1)
-            if not self.loop.resumable(self.global_step):
+            if not self.supervisor.checkpoint_and_continue(self.global_step):
                 return False
         return True
 
@@ -250,11 +250,11 @@ class Trainer:
         """One discriminator step on fresh, history and real images, logged on the discriminator's counter."""
         history = self.history_buffer.sample()
         losses = self.discriminator_step(next(self.fresh_batches), history, next(self.real_batches))
-        self.loop.log(losses, int(self.discriminator_optimizer.iterations.numpy()))
+        self.supervisor.log(losses, int(self.discriminator_optimizer.iterations.numpy()))
 
     def _log_refiner(self, losses):
         """The refiner's scalars, test images and sample grid, on the refiner's counter (the original's axes)."""
-        self.loop.log({f"refiner/{name}": value for name, value in losses.items()},
+        self.supervisor.log({f"refiner/{name}": value for name, value in losses.items()},
                       int(self.refiner_optimizer.iterations.numpy()), self._write_samples if self.chief else None)
 
     def _ensure_history(self):

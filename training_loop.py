@@ -1,8 +1,8 @@
 """What both trainers share: the optimizers, one update, and the bookkeeping around every step.
 
-After each network step a trainer calls `TrainingLoop.log`: the losses must be finite, `--debug`
+After each network step a trainer calls `Supervisor.log`: the losses must be finite, `--debug`
 prints them, and at steps that are multiples of `log_step` they go to TensorBoard at x = that step.
-At each point a run can resume from, it calls `TrainingLoop.resumable`: a checkpoint every
+At each point a run can resume from, it calls `Supervisor.checkpoint_and_continue`: a checkpoint every
 `checkpoint_secs`, and a SIGINT/SIGTERM becomes a request to stop there (the trainer then saves).
 In a cluster, a signal to any worker stops every worker at the same point, after one checkpoint
 (TensorFlow's PreemptionCheckpointHandler agrees on the step), so none is left waiting in a collective.
@@ -66,8 +66,8 @@ def write_first_batch(images, config, sample_dir):
     save_image(img_tile(pixels, rows, cols), os.path.join(sample_dir, "training_images.png"))
 
 
-class TrainingLoop:
-    """A context for a training loop: stop requests while inside, and the checks and writes after each step."""
+class Supervisor:
+    """Watches a training loop from outside: stop requests while inside, the checks and writes after each step."""
 
     def __init__(self, config, checkpoints, strategy=None):
         self.config = config
@@ -137,8 +137,8 @@ class TrainingLoop:
             if on_summaries is not None:
                 on_summaries(step)
 
-    def resumable(self, checkpoint_number):
-        """A point training can resume from: checkpoint if one is due; False when the run is to stop here.
+    def checkpoint_and_continue(self, checkpoint_number):
+        """At a point training can resume from: checkpoint if one is due; False when the run is to stop here.
 
         In a cluster every worker saves or none does (a save may take part in collective operations),
         and a stop requested on any worker becomes one agreed checkpoint and a stop on all of them.

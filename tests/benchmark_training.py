@@ -61,7 +61,7 @@ def fill_history(trainer, refined):
 
 
 def tf_iteration(trainer, feed, K_g, K_d):
-    """One adversarial iteration as Trainer._train_both runs it, losses brought to the host at the end."""
+    """One adversarial iteration as Trainer._train_adversarially runs it, losses brought to the host at the end."""
     synthetic_batches, real_batches = feed
     for _ in range(K_g):
         refiner_losses, refined = trainer.refiner_step(next(synthetic_batches))

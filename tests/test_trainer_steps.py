@@ -30,7 +30,7 @@ def images(seed, batch=4):
     return tf.random.stateless_uniform((batch, 35, 55, 1), (seed, 0), -1, 1)
 
 
-@pytest.mark.parametrize("step_name", ["pretrain_refiner_step", "refiner_step"])
+@pytest.mark.parametrize("step_name", ["warm_up_refiner_step", "refiner_step"])
 def test_refiner_steps_change_only_the_refiner(trainer, step_name):
     refiner, discriminator = weights(trainer.refiner), weights(trainer.discriminator)
     losses, refined = getattr(trainer, step_name)(images(1))
@@ -47,7 +47,7 @@ def test_pretraining_uses_self_regularization_only(tiny_config, tiny_paths):
     tiny_config.reg_scale = 0.0
     trainer = Trainer(tiny_config, tiny_paths, NO_DATA)
     before = weights(trainer.refiner)
-    losses, _ = trainer.pretrain_refiner_step(images(2))
+    losses, _ = trainer.warm_up_refiner_step(images(2))
     assert set(losses) == {"regularization_loss", "loss"}
     assert float(losses["loss"]) == 0.0
     assert not changed(before, trainer.refiner)
@@ -65,7 +65,7 @@ def test_discriminator_step_changes_only_the_discriminator(trainer):
 
 def test_steps_do_not_retrace(trainer):
     for seed in range(3):
-        trainer.pretrain_refiner_step(images(seed))
+        trainer.warm_up_refiner_step(images(seed))
         _, refined = trainer.refiner_step(images(seed))
         trainer.history_buffer.push(refined)
         trainer.discriminator_step(images(seed, batch=2), trainer.history_buffer.sample(), images(seed + 10))
@@ -145,12 +145,12 @@ def test_float16_scales_the_loss_and_unscales_the_gradients(tiny_config, policy)
 def test_jit_compile_flag_compiles_the_steps(tiny_config, tiny_paths):
     tiny_config.jit_compile = True
     trainer = Trainer(tiny_config, tiny_paths, NO_DATA)
-    losses, _ = trainer.pretrain_refiner_step(images(1))
+    losses, _ = trainer.warm_up_refiner_step(images(1))
     assert np.isfinite(float(losses["loss"]))
     assert all(step._jit_compile for step in trainer.replica_steps.values())  # noqa: SLF001 (no public accessor)
 
 
-@pytest.mark.parametrize("step_name", ["pretrain_refiner_step", "refiner_step", "discriminator_step"])
+@pytest.mark.parametrize("step_name", ["warm_up_refiner_step", "refiner_step", "discriminator_step"])
 def test_micro_batches_give_the_update_of_the_whole_batch(tiny_config, tiny_paths, step_name):
     whole, split = Trainer(tiny_config, tiny_paths, NO_DATA), Trainer(tiny_config, tiny_paths, NO_DATA)
     for model in ("refiner", "discriminator"):
