@@ -18,14 +18,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing or cannot be read; str(e) is one line."""
 
 
-def restore_checkpoint(checkpoint, path):
-    """Load path into checkpoint's objects, each of which must find its values; one-line CheckpointError if not.
+def restore_checkpoint(objects, path, optional=()):
+    """Load path into objects ({name: network, optimizer or variable}); one-line CheckpointError if it cannot.
 
-    Values in the file that nothing here asks for are fine: a training checkpoint's optimizers when
-    only the networks are wanted, or the preemption handler's counter of a cluster run.
+    Each object must find its values, except those named in optional, which an older checkpoint may lack
+    (they keep theirs). Values in the file that nothing here asks for are fine: a training checkpoint's
+    optimizers when only the networks are wanted, or the preemption handler's counter of a cluster run.
     """
     try:
-        status = checkpoint.restore(path)
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        wanted = {name: value for name, value in objects.items() if name in saved or name not in optional}
+        status = tf.train.Checkpoint(**wanted).restore(path)
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as error:
@@ -36,12 +39,14 @@ def restore_checkpoint(checkpoint, path):
 class Checkpoints:
     """The checkpoints of one folder: numbered saves, the latest restored, a periodic save when due."""
 
-    def __init__(self, checkpoint, directory, max_to_keep, every_secs=None, name="ckpt", announce=False,
-                 on_save=None, chief=True):
+    def __init__(self, objects, directory, max_to_keep, every_secs=None, name="ckpt", announce=False,
+                 on_save=None, chief=True, optional=()):
         """chief False (another worker of a cluster): saves go to a temporary folder, removed by close(),
         since every worker must save for the collective operations to stay in step, but only the chief's
-        checkpoint is the run's; restores still read the run's folder."""
-        self.checkpoint = checkpoint
+        checkpoint is the run's; restores still read the run's folder. objects: {name: what is saved};
+        optional: the names an older checkpoint may lack."""
+        self.objects, self.optional = objects, optional
+        self.checkpoint = checkpoint = tf.train.Checkpoint(**objects)
         self.on_save = on_save  # called after each save: the exports that go with a checkpoint
         self.run_dir = directory
         save_dir = directory if chief else tempfile.mkdtemp(prefix=".simgan-worker-")
@@ -86,7 +91,7 @@ class Checkpoints:
         """Restore the latest checkpoint, if there is one; returns its path or None."""
         latest = self.latest
         if latest is not None:
-            restore_checkpoint(self.checkpoint, latest)
+            restore_checkpoint(self.objects, latest, self.optional)
         return latest
 
 
@@ -105,5 +110,5 @@ def find_refiner_checkpoint(refiner_path, log_dir, flag="refiner_path"):
 def load_refiner(checkpoint_path, image_shape, data_set="gaze"):
     """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
     refiner = build_refiner(image_shape, data_set)
-    restore_checkpoint(tf.train.Checkpoint(refiner=refiner), checkpoint_path)
+    restore_checkpoint({"refiner": refiner}, checkpoint_path)
     return refiner

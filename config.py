@@ -10,7 +10,9 @@ import argparse
 import re
 import sys
 
-MIN_ESTIMATOR_INPUT = 19  # model.MIN_ESTIMATOR_INPUT; config.py imports no TensorFlow
+# The smallest height or width the gaze estimator's unpadded convs and pools accept (model.build_estimator):
+# 19 -> 13 after three convs -> 6 after pool1 -> 2 after two convs -> 1 after pool2.
+MIN_ESTIMATOR_INPUT = 19
 # The estimator on the bundled sample: 252 steps (batch 128, 12 epochs) reach 5.5 degrees on the real
 # eyes; about 60 (batch 512) leave it near 15 degrees on synthetic and refined crops alike.
 MIN_ESTIMATOR_STEPS = 200     # fewer optimizer steps than this over --num_epochs: warn before training
@@ -213,18 +215,21 @@ def check_config_against_data(config, data):
     if config.is_train and config.task == "generative" and rows * cols > num_synthetic:
         raise ConfigError(f"--sample_image_grid={rows},{cols}: needs {rows * cols} test images but the "
                           f"synthetic set has {num_synthetic}")
-    if data.split is not None:
-        _check_estimation_split(config, len(data.split.training_paths), len(data.split.validation_paths))
-    if config.is_train and config.task == "estimation" and config.data_set == "hand" and num_synthetic < config.batch_size:
-        raise ConfigError(f"--batch_size={config.batch_size}: the hand training set holds {num_synthetic} crops")
+    if data.estimation_sizes is not None:
+        _check_estimation_sets(config, *data.estimation_sizes)
 
 
-def _check_estimation_split(config, num_training, num_validation):
-    """The estimator needs a full training batch and a validation image, and enough steps to learn."""
-    if num_validation < 1 or num_training < config.batch_size:
+def _check_estimation_sets(config, num_training, num_validation):
+    """The estimator needs a full training batch, a validation image where the data set holds some out, and
+    (measured on the gaze sample) enough steps to learn."""
+    if num_validation is not None and (num_validation < 1 or num_training < config.batch_size):
         raise ConfigError(f"--batch_size={config.batch_size}: the estimator's training split holds {num_training} "
                           f"labelled crops (--validation_share={config.validation_share} of the synthetic set "
                           f"held out); use a smaller batch or more synthetic images")
+    if num_training < config.batch_size:
+        raise ConfigError(f"--batch_size={config.batch_size}: the estimator's training set holds {num_training} images")
+    if config.data_set != "gaze":
+        return
     steps = (num_training // config.batch_size) * config.num_epochs
     if steps < MIN_ESTIMATOR_STEPS:
         batch = _batch_for_steps(num_training, config.num_epochs)

@@ -15,20 +15,23 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import CheckpointError  # noqa: E402
 from config import (ConfigError, check_config, check_config_against_data, check_config_against_replicas,  # noqa: E402
                     get_config)
-from data.gaze_data import load_gaze_data
-from data.hand_data import load_hand_data
+from data.gaze_data import load_gaze_data  # noqa: E402
+from data.hand_data import load_hand_data  # noqa: E402
 from data.image_folder import write_real_samples  # noqa: E402
 from data.reports import DataError  # noqa: E402
 from distribution import (configure_devices, configure_precision, describe, is_chief, make_strategy,  # noqa: E402
                           planned_replicas)
 from estimation import run_estimation  # noqa: E402
-from hand_estimation import run_hand_estimation  # noqa: E402
+from model import GAZE_ESTIMATION  # noqa: E402
+from pose_model import HAND_ESTIMATION  # noqa: E402
 from refine import refine_folder  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from training_loop import TrainingDiverged  # noqa: E402
 from utils import OutputError, make_run_folders, run_paths, save_params  # noqa: E402
 
 USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged)
+# --data_set: its loader (-> a data.data_set.DataSet) and its part of the estimation task.
+DATA_SETS = {"gaze": (load_gaze_data, GAZE_ESTIMATION), "hand": (load_hand_data, HAND_ESTIMATION)}
 
 
 def set_seeds(seed):
@@ -50,7 +53,8 @@ def run(config):
     paths = run_paths(config)
     make_run_folders(config, paths, chief)
     set_seeds(config.random_seed)
-    data = load_hand_data(config) if config.data_set == "hand" else load_gaze_data(config)
+    load_data, estimation_task = DATA_SETS[config.data_set]
+    data = load_data(config)
     check_config_against_data(config, data)  # the last check: no network exists yet
     if config.is_train:
         print(describe(strategy, precision))
@@ -58,7 +62,7 @@ def run(config):
         save_params(config, paths)
         write_real_samples(data, config.sample_dir, config.random_seed)  # what the refiner aims for
     if config.task == "estimation":  # train and evaluate, or evaluate again
-        (run_hand_estimation if config.data_set == "hand" else run_estimation)(config, paths, data, strategy)
+        run_estimation(config, paths, data, estimation_task, strategy)
     elif config.is_train:
         Trainer(config, paths, data, strategy).train()
     else:

@@ -1,4 +1,7 @@
 """The networks and their losses, as pure functions: no optimizers, no I/O."""
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -108,9 +111,7 @@ def discriminator_losses(fake_logits, real_logits, from_history, global_batch_si
 # ---- the gaze estimator of the paper's evaluation (Shrivastava et al. 2017, section 4.2) ----
 
 MAX_WITHIN_DEGREES = 25  # the paper's Figure 7 plots the share of images within 0..25 degrees
-# The smallest height or width the estimator's unpadded convs and pools accept:
-# 19 -> 13 after three convs -> 6 after pool1 -> 2 after two convs -> 1 after pool2.
-MIN_ESTIMATOR_INPUT = 19
+MARKED_DEGREES = 7       # the paper's Table 3 gives the share within 7 degrees
 
 
 def _valid_conv(filters, kernel_size, name):
@@ -158,8 +159,27 @@ def angular_error(predicted, gaze):
     return tf.acos(cosine) * (180.0 / np.pi)
 
 
-def share_within(errors, max_value=MAX_WITHIN_DEGREES):
+def share_within(errors, max_value):
     """The share of errors (degrees, pixels) of at most d, for d = 0, 1, ..., max_value: (max_value + 1,)."""
     errors = tf.reshape(tf.cast(errors, tf.float64), (-1, 1))
     thresholds = tf.range(max_value + 1, dtype=tf.float64)[None, :]
     return tf.reduce_mean(tf.cast(errors <= thresholds, tf.float64), axis=0)
+
+
+@dataclass(frozen=True)
+class EstimationTask:
+    """A data set's part of the estimation task (estimation.py): its estimator, loss and error, the paper's units."""
+    build: Callable      # (input_shape, label_shape, config) -> the estimator, a keras.Model
+    loss: Callable       # (outputs, labels, input_shape, config, global_batch_size) -> this replica's share of the loss
+    errors: Callable     # (outputs, labels, input_shape) -> (batch, k) float: each image's k errors, in `unit`
+    error_name: str      # in the TensorBoard tags and evaluation.json: estimator/<error_name>, mean_<error_name>
+    unit: str            # of the errors: the evaluation's share_within_<unit>
+    max_within: int      # the paper's plot: the share of errors within 0..max_within units
+    marked: int          # the threshold of the paper's table: real/within_<marked>_<unit>
+
+
+GAZE_ESTIMATION = EstimationTask(
+    build=lambda input_shape, label_shape, config: build_estimator(input_shape),
+    loss=lambda outputs, gaze, input_shape, config, global_batch_size: euclidean_loss(outputs, gaze, global_batch_size),
+    errors=lambda outputs, gaze, input_shape: angular_error(outputs, gaze)[:, None],
+    error_name="angular_error", unit="degrees", max_within=MAX_WITHIN_DEGREES, marked=MARKED_DEGREES)

@@ -13,8 +13,12 @@ import math
 import keras
 import tensorflow as tf
 
+from model import EstimationTask
+
 HEATMAP_STRIDE = 4     # heatmaps are at input resolution / 4, as Newell et al.'s
 MAX_WITHIN_PIXELS = 20  # the paper's plot: the share of joints within 0..20 pixels
+MARKED_PIXELS = 5       # the paper's table gives the share within 5 pixels
+PAPER_INPUT = 224       # distances are in pixels of a crop of this width, whatever the run's input size
 NORM_GROUPS = 16        # at most this many groups per group normalization
 
 
@@ -171,3 +175,22 @@ def joint_distances(predicted_px, joints_px):
     """Euclidean distance in pixels between predicted and true joints: (batch, joints)."""
     difference = tf.cast(predicted_px, tf.float32) - tf.cast(joints_px, tf.float32)
     return tf.norm(difference, axis=-1)
+
+
+def _paper_pixel_distances(heatmaps, joints_px, input_shape):
+    """(batch, joints) distances in pixels of a PAPER_INPUT-wide crop: d means the same on every run."""
+    scale = PAPER_INPUT / input_shape[1]
+    return scale * joint_distances(heatmap_joints(heatmaps, input_shape), joints_px)
+
+
+def _heatmap_loss_of_joints(heatmaps, joints_px, input_shape, config, global_batch_size):
+    targets = joint_heatmaps(joints_px, heatmaps.shape[2:4], input_shape, config.heatmap_sigma)
+    return heatmap_loss(heatmaps, targets, global_batch_size)
+
+
+HAND_ESTIMATION = EstimationTask(
+    build=lambda input_shape, label_shape, config: build_hand_estimator(
+        input_shape, num_joints=label_shape[0], stacks=config.estimator_stacks, filters=config.estimator_filters,
+        depth=config.estimator_depth),
+    loss=_heatmap_loss_of_joints, errors=_paper_pixel_distances,
+    error_name="joint_error", unit="pixels", max_within=MAX_WITHIN_PIXELS, marked=MARKED_PIXELS)

@@ -12,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import tensorflow as tf
 from tqdm import tqdm
 
-from checkpoints import CheckpointError, load_refiner
 from config import image_shape
-from export import is_export, load_any_refiner
+from export import load_any_refiner
 from utils import OutputError, denormalize, save_image
 
 
@@ -33,7 +32,9 @@ def refine_folder(config, paths, data):
     if os.path.realpath(paths.output_dir) == os.path.realpath(data.synthetic_dir):
         raise OutputError(f"--output_dir would write into the input folder {paths.output_dir}")
     shape = image_shape(config)
-    refine = _load(config, paths, shape)
+    # An export as it is; a run's refiner alone from its latest checkpoint (no discriminator, optimizers or buffer).
+    refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path", config.data_set)
+    tqdm.write(f"[*] Loaded the refiner of {loaded}")
     targets = {name: os.path.join(paths.output_dir, refined_name(name)) for name in data.synthetic_names}
     remaining = [name for name, target in targets.items() if not os.path.exists(target)]
     if len(remaining) < len(targets):
@@ -42,20 +43,6 @@ def refine_folder(config, paths, data):
     refine = tf.function(refine, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
     batches = data.named_synthetic_batches(remaining, shape, config.batch_size)
     _write_refined(batches, refine, targets, -(-len(remaining) // config.batch_size), config.batch_size)
-
-
-def _load(config, paths, shape):
-    """refine(images) of the export at --load_path, or of the latest checkpoint of the run's folder."""
-    if is_export(config.load_path):
-        refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path", config.data_set)
-        tqdm.write(f"[*] Loaded the refiner {loaded}")
-        return refine
-    latest = tf.train.latest_checkpoint(paths.model_dir)
-    if latest is None:
-        raise CheckpointError(f"no checkpoint in {paths.model_dir}: train a model first or pass the --load_path of one")
-    refiner = load_refiner(latest, shape, config.data_set)
-    tqdm.write(f"[*] Restored the refiner of {latest}")
-    return lambda images: refiner(images, training=False)
 
 
 def _write_refined(batches, refine, targets, total, batch_size):

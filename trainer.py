@@ -57,7 +57,7 @@ class Trainer:
         self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size,
                                             config.random_seed)
         # The optimizers' `iterations` are the two step counters. These names are the checkpoint's keys.
-        checkpoint = tf.train.Checkpoint(
+        checkpoint = dict(
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
             refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer,
             history_buffer=self.history_buffer)

@@ -3,8 +3,8 @@
 `load_gaze_data` finds the data, makes what is missing once (crops, the MPIIGaze download and its
 real images' cache, the bundled sample) and returns a `GazeData`; for the estimation task it also reads
 the labels and holds out the validation files, so the flags can be checked against the split before
-any network is built. `estimation_sets` then hands the estimator its training, validation and real
-images, refined first when a refiner is given. Nothing of a data set's size is held in memory: the
+any network is built. `GazeData.estimation_sets` then hands the estimator its training, validation and
+real images, refined first when a refiner is given. Nothing of a data set's size is held in memory: the
 images stay in files read a batch at a time. Bad files are skipped with one line per kind of
 problem; only when nothing usable is left is it a `DataError`.
 """
@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from data import mpiigaze, unityeyes
+from data.data_set import DataSet, EstimationSets
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, split_by_file
+from data.gaze_sample import write_sample
 from data.image_folder import is_image, is_plain_image_folder, readable_images
-from data.pipelines import array_batches, crops_on_disk, synthetic_dataset
+from data.pipelines import crops_on_disk, synthetic_dataset
 from data.reports import DataError, report_skipped, summary
-from data.sample_data import write_sample
-from utils import OutputError
+from data.sample_staging import use_bundled_sample
 
 SAMPLE_GAZE_DIR = Path(__file__).resolve().parent / "sample" / "gaze"  # the bundled sample, apart from real data
 DEFAULT_FOLDERS = {"data_dir": "data", "synthetic_image_dir": "UnityEyes", "real_image_dir": "MPIIGaze"}
@@ -38,49 +39,57 @@ class EstimationSplit:
 
 
 @dataclass
-class GazeData:
-    """Where the data is and what of it is used; real_* are empty when real images are not needed."""
+class GazeData(DataSet):
+    """UnityEyes crops (image files) and MPIIGaze eyes (rows of a .npy); real_* are empty when not needed."""
     synthetic_paths: list        # `{i}_cropped.png`, natural order
     synthetic_dir: str
-    gaze_dir: str                # DATA_DIR/gaze, or the bundled sample's folder
-    is_sample: bool              # the bundled sample, never mixed with real data
+    folder: str                  # DATA_DIR/gaze, or the bundled sample's folder: the caches and temporary files
+    is_sample: bool
     real_images: object          # (N, 36, 60) uint8, an NpyRows read from disk by row
     real_gaze: np.ndarray        # (N, 3) float32, MPIIGaze's camera frame
     real_right_eye: np.ndarray   # (N,) bool: which real images are right eyes
     split: EstimationSplit = None  # training the estimator only
 
     @property
-    def folder(self):
-        return self.gaze_dir
-
-    @property
-    def num_synthetic(self):
-        return len(self.synthetic_paths)
-
-    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
-        """Synthetic crops in [-1, 1]: shuffled with seed, reshuffled each epoch, fixed-size batches.
-
-        shard: (input pipelines, this one's index): a worker of a cluster reads only its share.
-        """
-        return synthetic_dataset(self.synthetic_paths, input_shape, batch_size, seed, shard=shard)
-
-    def real_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
-        """Real eyes in [-1, 1], as synthetic_batches."""
-        return array_batches(self.real_images, input_shape, batch_size, seed, shard=shard)
-
-    @property
     def synthetic_names(self):
-        """What test mode names each synthetic image by: its path."""
         return self.synthetic_paths
 
+    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
+        return synthetic_dataset(self.synthetic_paths, input_shape, batch_size, seed, shard=shard)
+
     def named_synthetic_batches(self, names, input_shape, batch_size):
-        """(images in [-1, 1], names) of the synthetic images named, in order, once: what test mode refines."""
         return synthetic_dataset(names, input_shape, batch_size, 0, training=False)
 
     def test_images(self, input_shape, count):
-        """The first `count` synthetic crops in [-1, 1]: the sample grids' fixed inputs."""
         images, _ = next(iter(synthetic_dataset(self.synthetic_paths[:count], input_shape, count, 0, training=False)))
         return images
+
+    @property
+    def estimation_sizes(self):
+        return None if self.split is None else (len(self.split.training_paths), len(self.split.validation_paths))
+
+    def estimation_sets(self, input_shape, batch_size, refine=None):
+        """The crops cut to the input size (refined first when refine is given) into temporary files beside the
+        data; the real eyes with their gaze, the right ones mirrored into left eyes batch by batch."""
+        right_eye = self.real_right_eye
+
+        def left_eyes(rows, labels, indices):
+            return as_left_eyes(rows, labels, right_eye[indices])
+
+        real, refined = (self.real_images, self.real_gaze), refine is not None
+        facts = dict(is_sample=self.is_sample, right_eyes_mirrored=int(np.sum(right_eye)))
+        if self.split is None:
+            return EstimationSets(None, None, real, tuple(input_shape), refined, facts, left_eyes)
+        split = self.split
+        print(f"[*] {len(split.training_paths)} {'refined' if refined else 'synthetic'} images to train on, "
+              f"{len(split.validation_paths)} to validate on (held out by file); {len(self.real_images)} real "
+              f"images to test on")
+        training, validation = (
+            (crops_on_disk(paths, input_shape, LOAD_BATCH, self.folder, refine,
+                           desc=f"{'Refine' if refined else 'Load'} {name} images"), gaze)
+            for name, paths, gaze in (("training", split.training_paths, split.training_gaze),
+                                      ("validation", split.validation_paths, split.validation_gaze)))
+        return EstimationSets(training, validation, real, tuple(input_shape), refined, facts, left_eyes)
 
 
 def load_gaze_data(config, download=True):
@@ -91,7 +100,11 @@ def load_gaze_data(config, download=True):
     is_sample = synthetic_dir is None
     if is_sample:
         gaze_dir = str(SAMPLE_GAZE_DIR)
-        synthetic_dir = _prepare_sample(gaze_dir, config)
+        synthetic_dir = os.path.join(gaze_dir, "UnityEyes")
+        use_bundled_sample(gaze_dir, os.path.isdir(synthetic_dir),
+                           lambda folder: write_sample(folder, seed=config.random_seed),
+                           f"UnityEyes data in {os.path.join(config.data_dir, 'gaze', 'UnityEyes')}",
+                           "real UnityEyes/MPIIGaze images", "Real data")
     if refining and is_plain_image_folder(synthetic_dir):
         synthetic_paths = _load_plain_images(synthetic_dir)
     else:
@@ -139,20 +152,6 @@ def _find_synthetic_dir(config, gaze_dir, any_image):
         return None
     raise DataError(f"no UnityEyes frames (*.jpg + *.json) in --synthetic_image_dir: tried "
                     f"{', '.join(dict.fromkeys(tried))}")
-
-
-def _prepare_sample(gaze_dir, config):
-    """Generate the bundled sample once; returns its UnityEyes folder."""
-    synthetic_dir = os.path.join(gaze_dir, "UnityEyes")
-    if not os.path.isdir(synthetic_dir):
-        print(f"[*] No UnityEyes data in {os.path.join(config.data_dir, 'gaze', 'UnityEyes')}: generating the "
-              f"bundled sample in {gaze_dir} (once). For real data see README.md, 'Real data'.")
-        try:
-            write_sample(gaze_dir, seed=config.random_seed)
-        except OSError as error:
-            raise OutputError(f"cannot write the bundled sample in {gaze_dir}: {error.strerror}") from None
-    print(f"[*] Training on the bundled sample data in {gaze_dir}, not on real UnityEyes/MPIIGaze images")
-    return synthetic_dir
 
 
 def _load_synthetic(directory, max_num):
@@ -228,54 +227,3 @@ def _load_old_cache(path):
             return arrays["real"], arrays["gaze"].astype(np.float32), arrays["right_eye"].astype(bool)
     except Exception as error:  # a damaged file: BadZipFile, KeyError, OSError, ValueError
         raise DataError(f"cannot read {path} ({type(error).__name__}) nor write a new cache beside it") from None
-
-
-# ---- what the estimator trains and is tested on ----
-
-@dataclass
-class EstimationSets:
-    """Images with their gaze, read by row from disk; batches in [-1, 1] at the input size on request."""
-    training: tuple     # (images (N, H, W, C) uint8 at the input size, gaze (N, 3)); None when only evaluating
-    validation: tuple
-    real: tuple         # (every real eye (N, 36, 60), gaze (N, 3), right_eye (N,)): mirrored per batch
-    input_shape: tuple
-    right_eyes_mirrored: int
-    is_sample: bool     # the bundled sample, not real data
-
-    def training_batches(self, batch_size, seed, shard=(1, 0)):
-        """Shuffled with seed, repeated, fixed-size batches of (images, gaze)."""
-        images, gaze = self.training
-        return array_batches(images, self.input_shape, batch_size, seed, labels=gaze, shard=shard)
-
-    def validation_batches(self, batch_size):
-        images, gaze = self.validation
-        return array_batches(images, self.input_shape, batch_size, labels=gaze)
-
-    def real_batches(self, batch_size):
-        """Every real eye once, in order, the right eyes mirrored into left eyes (see as_left_eyes)."""
-        images, gaze, right_eye = self.real
-
-        def left_eyes(rows, labels, indices):
-            return as_left_eyes(rows, labels, right_eye[indices])
-
-        return array_batches(images, self.input_shape, batch_size, labels=gaze, transform=left_eyes)
-
-
-def estimation_sets(data, input_shape, batch_size, refine=None):
-    """The estimator's sets; the synthetic ones cut to the input size (refined when refine is given) once, into
-    temporary files beside the data that go when the sets do."""
-    real = (data.real_images, data.real_gaze, data.real_right_eye)
-    facts = dict(input_shape=tuple(input_shape), right_eyes_mirrored=int(np.sum(data.real_right_eye)),
-                 is_sample=data.is_sample)
-    if data.split is None:
-        return EstimationSets(None, None, real, **facts)
-    kind = "synthetic" if refine is None else "refined"
-    split = data.split
-    print(f"[*] {len(split.training_paths)} {kind} images to train on, {len(split.validation_paths)} to validate "
-          f"on (held out by file); {len(real[0])} real images to test on")
-    loaded = []
-    for name, paths, gaze in (("training", split.training_paths, split.training_gaze),
-                              ("validation", split.validation_paths, split.validation_gaze)):
-        desc = f"{'Refine' if refine else 'Load'} {name} images"
-        loaded.append((crops_on_disk(paths, input_shape, LOAD_BATCH, data.gaze_dir, refine, desc=desc), gaze))
-    return EstimationSets(*loaded, real, **facts)

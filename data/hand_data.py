@@ -19,7 +19,6 @@ import collections
 import contextlib
 import functools
 import os
-import shutil
 import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from data import nyu
-from data.hand_sample import ensure_hand_sample, is_hand_sample
-from data.npy_file import npz_member_rows, read_rows, write_rows, write_temporary_rows
+from data.data_set import DataSet, EstimationSets
+from data.hand_sample import is_complete_hand_sample, is_hand_sample, write_hand_sample
+from data.sample_staging import use_bundled_sample
+from data.npy_file import npz_member_rows, read_rows, temporary_rows, write_rows, write_temporary_rows
 from data.pipelines import array_batches, to_network_input
 from data.reports import DataError, report_skipped
-from utils import OutputError, atomic_write, default_workers
+from utils import atomic_write, default_workers, denormalize
 
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
 BOX_MARGIN = 1.3       # the crop's side: the joints' larger extent times this (fingertip joints lie inside the skin)
@@ -75,31 +76,18 @@ class RowSubset:
 
 
 @dataclass
-class HandData:
+class HandData(DataSet):
     """The crops a task uses: the training split's renders and real frames; the test split's real frames."""
     folder: str                # DATA_DIR/hand, or the bundled sample's folder
-    is_sample: bool            # the bundled sample, never mixed with real data
+    is_sample: bool
     synthetic: DepthCrops      # train/synthdepth_1_*: what the refiner refines
     real: DepthCrops           # train/depth_1_*: what refined images should look like (labels unused)
     test: DepthCrops = None    # test/depth_1_*: the pose estimator's real test set (estimation only)
-    split = None               # the gaze estimator's file split; the hand estimator has none
-
-    @property
-    def num_synthetic(self):
-        return len(self.synthetic)
+    training_estimator: bool = False  # the estimation task trains on the synthetic crops
 
     @property
     def real_images(self):
         return self.real.images
-
-    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
-        """Synthetic crops in [-1, 1], shuffled with seed, reshuffled each epoch, fixed-size batches; read a
-        batch at a time. shard: (input pipelines, this one's index): a cluster's worker reads only its share."""
-        return array_batches(self.synthetic.images, input_shape, batch_size, seed, shard=shard)
-
-    def real_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
-        """Real crops in [-1, 1], as synthetic_batches."""
-        return array_batches(self.real.images, input_shape, batch_size, seed, shard=shard)
 
     @property
     def synthetic_dir(self):
@@ -107,45 +95,70 @@ class HandData:
 
     @property
     def synthetic_names(self):
-        """What test mode names each synthetic crop by: its NYU file name."""
+        """NYU's file names of the synthetic frames."""
         return [nyu.synthetic_depth_name(frame) for frame in self.synthetic.frames]
 
+    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
+        return array_batches(self.synthetic.images, input_shape, batch_size, seed, shard=shard)
+
     def named_synthetic_batches(self, names, input_shape, batch_size):
-        """(crops in [-1, 1], names) of the synthetic crops named, in order, once: what test mode refines."""
         every_name, wanted = self.synthetic_names, set(names)
         kept = [index for index, name in enumerate(every_name) if name in wanted]
         return array_batches(RowSubset(self.synthetic.images, kept), input_shape, batch_size,  # no copy of the rows
                              names=np.array([every_name[index].encode() for index in kept], dtype=object))
 
     def test_images(self, input_shape, count):
-        """The first `count` synthetic crops in [-1, 1]: the sample grids' fixed inputs."""
         return to_network_input(self.synthetic.images[np.arange(min(count, len(self.synthetic)))], input_shape)
+
+    @property
+    def estimation_sizes(self):
+        return (len(self.synthetic), None) if self.training_estimator else None  # no validation split
+
+    def estimation_sets(self, input_shape, batch_size, refine=None):
+        """The synthetic crops with their joints (refined once, batch_size at a time, into a temporary file, when
+        refine is given); the real test crops with theirs."""
+        training = self.synthetic.images
+        if refine is not None:
+            training = refine_crops(training, input_shape, batch_size, refine, self.folder)
+        test = self.test if self.test is not None else DepthCrops(
+            np.zeros((0, *input_shape[:2]), np.uint8), np.zeros((0, len(nyu.EVALUATION_JOINTS), 2), np.float32),
+            np.zeros(0, np.int32))
+        print(f"[*] {len(training)} {'refined' if refine else 'synthetic'} hand crops to train on; "
+              f"{len(test)} real test crops to evaluate on")
+        return EstimationSets((training, self.synthetic.joints), None, (test.images, test.joints), tuple(input_shape),
+                              refine is not None, dict(is_sample=self.is_sample, joints=len(nyu.EVALUATION_JOINTS)))
+
+
+def refine_crops(images, input_shape, batch_size, refine, folder):
+    """uint8 crops refined batch by batch, quantised back to uint8 as test mode's PNGs are: an NpyRows.
+
+    Written to a hidden temporary file in folder (else in the system's temporary folder) whose name is
+    removed at once: it lasts as long as the rows returned, and a run that stops leaves nothing behind.
+    """
+    def batches():
+        dataset = array_batches(images, input_shape, batch_size)
+        for batch in tqdm(dataset, total=-(-len(images) // batch_size), desc="Refine training crops"):
+            yield denormalize(refine(batch))[..., 0]
+
+    return temporary_rows(folder, input_shape[:2], np.uint8, batches, "the refined crops")
 
 
 def load_hand_data(config):
     """Find (or make) the hand data, crop what is not cached yet; print what was left out."""
     hand_dir = os.path.join(config.data_dir, "hand")
     if not os.path.isdir(os.path.join(hand_dir, "train")) and config.data_dir == "data":
-        hand_dir = _prepare_sample(str(SAMPLE_HAND_DIR), config)  # its own folder: never mixed with NYU's
+        hand_dir = str(SAMPLE_HAND_DIR)  # its own folder: never mixed with NYU's
+        use_bundled_sample(hand_dir, is_complete_hand_sample(hand_dir),
+                           lambda folder: write_hand_sample(folder, seed=config.random_seed),
+                           f"NYU hand data in {os.path.join(config.data_dir, 'hand')}", "NYU's frames",
+                           "The hand experiment")
     size = (config.input_height, config.input_width)
     synthetic, real = load_split(hand_dir, "train", size)
     test = None
     if config.task == "estimation":
         _, test = load_split(hand_dir, "test", size, synthetic=False)
-    return HandData(hand_dir, is_hand_sample(os.path.join(hand_dir, "train")), synthetic, real, test)
-
-
-def _prepare_sample(hand_dir, config):
-    """Generate the bundled hand sample once; returns its folder."""
-    if not os.path.isdir(os.path.join(hand_dir, "train")):
-        print(f"[*] No NYU hand data in {os.path.join(config.data_dir, 'hand')}: generating the bundled sample "
-              f"in {hand_dir} (once). For real data see README.md, 'The hand experiment'.")
-    try:
-        ensure_hand_sample(hand_dir, seed=config.random_seed)
-    except OSError as error:
-        raise OutputError(f"cannot write the bundled hand sample in {hand_dir}: {error.strerror or error}") from None
-    print(f"[*] Training on the bundled hand sample in {hand_dir}, not on NYU's frames")
-    return hand_dir
+    return HandData(hand_dir, is_hand_sample(os.path.join(hand_dir, "train")), synthetic, real, test,
+                    training_estimator=config.is_train and config.task == "estimation")
 
 
 # ---- the crop cache ----

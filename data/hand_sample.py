@@ -15,10 +15,6 @@ so a `train` folder means the sample is complete.
 
 Usage: ``python -m data.hand_sample --out DIR [--num_train N] [--num_test N] [--seed S]``.
 """
-import argparse
-import errno
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +24,7 @@ from scipy.ndimage import zoom
 from scipy.spatial.transform import Rotation
 
 from data import nyu
-from utils import default_workers, worker_pool
+from data.sample_staging import SampleLayout, check_counts, command_line, run_tasks
 
 # ---- the hand model: mm, in the hand's frame (x toward the thumb, y from the wrist to the fingers,
 # z out of the back of the hand), a right hand of an adult
@@ -307,8 +303,8 @@ def real_frame(hand, rng):
 
 # ---- writing
 
-HAND_STAGING_NAME = ".hand_sample.partial"  # in hand_dir: everything is written here, then moved into place
-HAND_MARKER_NAME = ".hand_sample.json"  # in train/ and test/: the bundled sample, never to be mixed with real data
+LAYOUT = SampleLayout("data.hand_sample", ("test", "train"), marker_name=".hand_sample.json",
+                      staging_name=".hand_sample.partial")
 FRAMES_PER_TASK = 25  # frames per worker task: the hand-off is amortised, and the pool still ends evenly
 _PARALLEL_MIN = 32  # fewer frames than this are not worth starting processes for
 NUM_TRAIN, NUM_TEST = 500, 100  # at ~0.2 MB and ~0.17 s of a core a frame: ~110 MB in under two minutes
@@ -338,102 +334,50 @@ def write_frames(directory, seed, split, start, stop):
 
 def _write_splits(staging, seed, counts, workers):
     """Write every split's frames (in worker processes when it pays), then each split's joint_data.mat."""
-    tasks = [(staging / name, seed, split, start, min(start + FRAMES_PER_TASK, count + 1))
+    tasks = [(write_frames, (staging / name, seed, split, start, min(start + FRAMES_PER_TASK, count + 1)))
              for split, (name, count) in enumerate(zip(SPLITS, counts))
              for start in range(1, count + 1, FRAMES_PER_TASK)]
-    if workers <= 1 or sum(counts) < _PARALLEL_MIN:
-        joints = [write_frames(*task) for task in tasks]
-    else:
-        with worker_pool(workers) as pool:  # a failure stops the tasks still in flight
-            joints = pool.starmap(write_frames, tasks, chunksize=1)
+    joints = run_tasks(tasks, workers, sum(counts) >= _PARALLEL_MIN)
     for split, name in enumerate(SPLITS):
-        xyz = np.concatenate([part for task, part in zip(tasks, joints) if task[2] == split])
+        xyz = np.concatenate([part for (_, args), part in zip(tasks, joints) if args[2] == split])
         nyu.write_joint_data(staging / name / nyu.JOINT_FILE, nyu.xyz_to_uvd(xyz), xyz)
-
-
-def _check_arguments(num_train, num_test, size, seed):
-    """ValueError naming the argument if a count, the size or the seed cannot work."""
-    for name, value in (("num_train", num_train), ("num_test", num_test)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
-    if tuple(size) != (nyu.FRAME_HEIGHT, nyu.FRAME_WIDTH):
-        raise ValueError(f"size must be NYU's frame {FRAME_SHAPE}, which its camera is for, not {size!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a whole number >= 0, not {seed!r}")
 
 
 def is_hand_sample(folder):
     """True if folder (a train/ or test/ folder) was written by this module, not taken from the real data set."""
-    return (Path(folder) / HAND_MARKER_NAME).is_file()
-
-
-def _check_targets(hand_dir):
-    """FileExistsError if train/ or test/ in hand_dir holds data this module did not write."""
-    for name in SPLITS:
-        target = hand_dir / name
-        if target.exists() and not (target.is_dir() and (is_hand_sample(target) or not any(target.iterdir()))):
-            raise FileExistsError(errno.EEXIST, f"{target} holds data not written by data.hand_sample; "
-                                                "move it away or choose another folder", str(target))
-
-
-def _install(staging, hand_dir):
-    """Move the staged folders into hand_dir: test first, so a train folder means all is there."""
-    for name in reversed(SPLITS):
-        target = hand_dir / name
-        if target.exists():
-            target.rename(staging / f"replaced-{name}")  # deleted with the staging folder
-        (staging / name).rename(target)
+    return LAYOUT.is_sample(folder)
 
 
 def write_hand_sample(hand_dir, num_train=NUM_TRAIN, num_test=NUM_TEST, size=(480, 640), seed=0, workers=None):
     """Write hand_dir/train and hand_dir/test in NYU's layout (size: its frame); a HandSampleReport.
 
-    The same arguments give the same bytes, whatever workers (processes; None: one per usable CPU). All is
-    written to hand_dir/.hand_sample.partial, then renamed into place, test first and train last; the next
-    call replaces what an interrupted one left. Folders written here carry a .hand_sample.json marker and
-    may be replaced; a train or test folder of other data never is (FileExistsError). One call per folder.
+    The same arguments give the same bytes, whatever workers (processes; None: one per usable CPU). Staged
+    as LAYOUT.staged stages (data/sample_staging.py): test is renamed into place first and train last, so
+    a train folder means the sample is complete; a train or test folder of other data is never touched
+    (FileExistsError).
     """
-    _check_arguments(num_train, num_test, size, seed)
+    if tuple(size) != (nyu.FRAME_HEIGHT, nyu.FRAME_WIDTH):
+        raise ValueError(f"size must be NYU's frame {FRAME_SHAPE}, which its camera is for, not {size!r}")
+    check_counts(seed, num_train=num_train, num_test=num_test)
     started = time.perf_counter()
-    hand_dir = Path(hand_dir)
-    _check_targets(hand_dir)
-    staging = hand_dir / HAND_STAGING_NAME
-    if staging.exists():
-        shutil.rmtree(staging)  # what an interrupted call left
-    for name in SPLITS:
-        (staging / name).mkdir(parents=True)
-    _write_splits(staging, seed, (num_train, num_test), default_workers() if workers is None else workers)
-    marker = dict(written_by="data.hand_sample", seed=seed, num_train=num_train, num_test=num_test)
-    for name in SPLITS:
-        (staging / name / HAND_MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-    _install(staging, hand_dir)
-    shutil.rmtree(staging)
-    return HandSampleReport(hand_dir / "train", hand_dir / "test", num_train, num_test, time.perf_counter() - started)
+    with LAYOUT.staged(hand_dir, seed=seed, num_train=num_train, num_test=num_test) as staging:
+        _write_splits(staging, seed, (num_train, num_test), workers)
+    return HandSampleReport(Path(hand_dir, "train"), Path(hand_dir, "test"), num_train, num_test,
+                            time.perf_counter() - started)
 
 
-def ensure_hand_sample(hand_dir, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=0, workers=None):
-    """Write the sample into hand_dir unless a complete one is there; True if it was written now."""
-    hand_dir = Path(hand_dir)
-    if all(is_hand_sample(hand_dir / name) for name in SPLITS):
-        return False
-    write_hand_sample(hand_dir, num_train=num_train, num_test=num_test, seed=seed, workers=workers)
-    return True
+def is_complete_hand_sample(hand_dir):
+    """True if hand_dir holds both splits of the bundled sample (a write interrupted between them does not)."""
+    return all(is_hand_sample(Path(hand_dir, name)) for name in SPLITS)
 
 
 def main(argv=None):
     """The command line: write the sample to --out and print one line of what was written."""
-    parser = argparse.ArgumentParser(description="Write the bundled sample hand data (NYU's layout) to a folder.")
-    parser.add_argument("--out", required=True, help="folder to write train/ and test/ into")
-    parser.add_argument("--num_train", type=int, default=NUM_TRAIN, help="frames in train/")
-    parser.add_argument("--num_test", type=int, default=NUM_TEST, help="frames in test/")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
-    args = parser.parse_args(argv)
-    try:
-        report = write_hand_sample(args.out, args.num_train, args.num_test, seed=args.seed)
-    except (ValueError, OSError) as error:
-        parser.exit(2, f"[!] {error}\n")
-    print(f"[*] Wrote {report.num_train} train and {report.num_test} test frames (NYU layout) to "
-          f"{Path(args.out)} in {report.seconds:.1f} s")
+    command_line(argv, "Write the bundled sample hand data (NYU's layout) to a folder.",
+                 "folder to write train/ and test/ into",
+                 {"num_train": (NUM_TRAIN, "frames in train/"), "num_test": (NUM_TEST, "frames in test/")}, 0,
+                 write_hand_sample, "[*] Wrote {num_train} train and {num_test} test frames (NYU layout) to "
+                                    "{train_dir.parent} in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from benchmark_hand import measure_hand  # noqa: E402
 from benchmark_pipeline import measure_memory, measure_preprocessing, measure_test_mode  # noqa: E402
 from benchmark_torch import TORCH_INSTALL, torch  # noqa: E402
 from benchmark_training import measure_training  # noqa: E402
-from data.sample_data import write_sample  # noqa: E402
+from data.gaze_sample import write_sample  # noqa: E402
 
 
 def parse_args(argv=None):

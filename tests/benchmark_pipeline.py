@@ -17,7 +17,7 @@ from benchmark_common import make_config, median, quiet, quietly, section, show,
 from checkpoints import load_refiner
 from data.gaze_data import load_gaze_data
 from data.pipelines import synthetic_dataset
-from data.sample_data import write_sample
+from data.gaze_sample import write_sample
 from data.unityeyes import CROP_SUFFIX, prepare_crops
 from refine import _write_refined, refine_folder, refined_name
 from utils import default_workers, denormalize, save_image

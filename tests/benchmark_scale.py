@@ -21,7 +21,7 @@ same sizes; only a folder this script built is ever emptied).
 
 The tree (scaled by --scale; a few hundred distinct files each, hard-linked under every other name, so it
 costs seconds and megabytes to build, while the caches the program makes from it are full size):
-- DATA_DIR/gaze/UnityEyes: 1,200,000 frames `{i}.jpg` + `{i}.json` (data/sample_data.py's 640x480 renders);
+- DATA_DIR/gaze/UnityEyes: 1,200,000 frames `{i}.jpg` + `{i}.json` (data/gaze_sample.py's 640x480 renders);
   their crops `{i}_cropped.png` are cut by the program on its first start, or, with --link-crops, made
   once per distinct frame here and hard-linked too (the first start then finds them made);
 - DATA_DIR/gaze/MPIIGaze/Data/Normalized/pXX/dayYY.mat: 15 people, 213,659 samples (427,318 eyes) in
@@ -73,7 +73,7 @@ import scipy.io  # noqa: E402
 
 from data import nyu  # noqa: E402
 from data.hand_sample import write_frames  # noqa: E402
-from data.sample_data import real_day_content, write_synthetic  # noqa: E402
+from data.gaze_sample import real_day_content, write_synthetic  # noqa: E402
 
 PUBLISHED = {"unityeyes_frames": 1_200_000, "mpiigaze_samples": 213_659, "hand_train": 72_757, "hand_test": 8_252}
 # The least that runs every case: the 8x8 sample grid, a batch of 512 in the estimator's 90% training split.

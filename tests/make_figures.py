@@ -28,7 +28,7 @@ from config import get_config  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
 from data.hand_data import load_hand_data  # noqa: E402
 from data.pipelines import crops_on_disk, to_network_input  # noqa: E402
-from hand_estimation import refine_crops  # noqa: E402
+from data.hand_data import refine_crops  # noqa: E402
 from utils import denormalize, img_tile, run_paths, save_image  # noqa: E402
 
 LOSS_PANELS = {"refiner step": ["refiner/realism_loss", "refiner/regularization_loss", "refiner/loss"],
@@ -109,7 +109,7 @@ def main():
         refined = everything(refine_crops(data.synthetic.images, shape, config.batch_size, refiner, data.folder))[..., None]
     else:
         data = load_gaze_data(config)
-        synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size, data.gaze_dir)
+        synthetic, refined = refine_all(refiner, data.synthetic_paths, shape, config.batch_size, data.folder)
         real = denormalize(to_network_input(everything(data.real_images), shape))  # as the discriminator sees them
     prefix = "hand" if config.data_set == "hand" else "sample"
     os.makedirs(args.out, exist_ok=True)

@@ -8,7 +8,9 @@ import tensorflow as tf
 
 from checkpoints import load_refiner
 from config import get_config
+from data.data_set import EstimationSets
 from estimation import EstimatorTrainer
+from model import GAZE_ESTIMATION
 from trainer import Trainer
 from utils import run_paths
 
@@ -61,11 +63,13 @@ def test_an_old_estimation_checkpoint_restores(tmp_path, which):
     model_dir = copy_run("estimation_old", tmp_path)
     config = get_config(["--task=estimation", "--input_height=19", "--input_width=19", "--batch_size=64",
                          f"--log_dir={tmp_path / 'logs'}", "--load_path=old"])
-    trainer = EstimatorTrainer(config, run_paths(config), NO_DATA)
+    no_images = (np.zeros((0, 19, 19, 1), np.uint8), np.zeros((0, 3), np.float32))
+    sets = EstimationSets(None, no_images, no_images, (19, 19, 1), refined=False)  # a validation split: gaze's
+    trainer = EstimatorTrainer(config, run_paths(config), sets, GAZE_ESTIMATION)
     if which == "training state":
         trainer._restore()
         assert int(trainer.epoch) == 1 and int(trainer.optimizer.iterations) == 42
     else:
-        assert trainer._restore_best().endswith("estimator-1")
+        assert trainer._restore_evaluated()[0].endswith("estimator-1")
     assert int(trainer.best_epoch) == 1 and np.isfinite(float(trainer.best_error))
     assert_weights_equal(model_dir, "optimizer", trainer.estimator.trainable_variables)

@@ -102,11 +102,9 @@ def test_test_mode_takes_any_batch_size():
     check_config(get_config(["--is_train=False", "--load_path=run", "--batch_size=5", "--buffer_size=1"]))
 
 
-def data_counts(num_synthetic, num_training=None, num_validation=None):
-    """What check_config_against_data reads of the data: its counts."""
-    split = None if num_training is None else types.SimpleNamespace(
-        training_paths=[""] * num_training, validation_paths=[""] * num_validation)
-    return types.SimpleNamespace(num_synthetic=num_synthetic, split=split)
+def data_counts(num_synthetic, *estimation_sizes):
+    """What check_config_against_data reads of the data: its counts (estimation_sizes: training, validation)."""
+    return types.SimpleNamespace(num_synthetic=num_synthetic, estimation_sizes=estimation_sizes or None)
 
 
 def test_a_sample_grid_larger_than_the_synthetic_set_is_caught():
@@ -123,6 +121,10 @@ def test_an_estimation_split_without_a_full_batch_is_caught():
         check_config_against_data(config, data_counts(100, 7, 1))
     with pytest.raises(ConfigError, match=r"^--batch_size=8: "):
         check_config_against_data(config, data_counts(100, 90, 0))
+    hand = get_config(["--task=estimation", "--data_set=hand", "--batch_size=8"])  # no validation split
+    check_config_against_data(hand, data_counts(100, 8, None))
+    with pytest.raises(ConfigError, match=r"^--batch_size=8: the estimator's training set holds 7 images$"):
+        check_config_against_data(hand, data_counts(100, 7, None))
 
 
 def test_too_few_estimator_steps_are_announced_with_a_batch_size_that_trains(capsys):

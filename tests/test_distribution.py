@@ -8,7 +8,7 @@ import pytest
 
 import main
 from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, main_in_process
-from data.sample_data import write_sample
+from data.gaze_sample import write_sample
 
 SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
             "--log_step=1", "--sample_image_grid=2,2", "--max_image_summary=2", "--checkpoint_secs=3600"]

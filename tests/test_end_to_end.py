@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from checkpoints import load_refiner
 from conftest import checkpoint_counters, folder_flags, main_in_process, run_main
-from data.sample_data import write_sample
+from data.gaze_sample import write_sample
 
 NUM_SYNTHETIC = 24
 SCHEDULE = ["--initial_K_g=4", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",
@@ -138,5 +138,5 @@ def test_refine_without_a_checkpoint_is_one_clear_error(run):
     result = main_in_process(*folders, "--is_train=False", "--load_path=missing_run")
     assert result.returncode == 1
     # TensorFlow's own start-up lines may come first; ours is one line, last.
-    assert result.stderr.strip().splitlines()[-1].startswith("[!] no checkpoint in")
+    assert result.stderr.strip().splitlines()[-1].startswith("[!] --load_path=missing_run: no checkpoint in")
     assert "Traceback" not in result.stderr

@@ -9,18 +9,16 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tensorboard.backend.event_processing import event_accumulator
 
-import config as config_module
 import main
 from conftest import folder_flags, main_in_process
-from config import ConfigError, check_config, get_config
+from config import MIN_ESTIMATOR_INPUT, ConfigError, check_config, get_config
 from data import mpiigaze
-from data.gaze_data import estimation_sets, load_gaze_data
+from data.gaze_data import load_gaze_data
 from data.gaze_labels import as_left_eyes, label_crops, look_vec_to_gaze, read_look_vec, split_by_file
 from data.npy_file import NpyRows
 from data.pipelines import crops_on_disk, to_network_input
-from data.sample_data import write_sample
-from model import (MIN_ESTIMATOR_INPUT, angular_error, build_estimator, build_refiner, euclidean_loss,
-                   share_within)
+from data.gaze_sample import write_sample
+from model import MAX_WITHIN_DEGREES, angular_error, build_estimator, build_refiner, euclidean_loss, share_within
 
 NUM_SYNTHETIC, NUM_REAL = 24, 20
 TINY = ["--task=estimation", "--batch_size=8", "--num_epochs=2", "--log_step=1", "--sample_image_grid=2,4",
@@ -38,7 +36,8 @@ def test_estimator_shapes_follow_the_paper():
     assert [estimator.get_layer(f"conv{i}").filters for i in range(1, 6)] == [32, 32, 64, 80, 192]
     smallest = build_estimator((MIN_ESTIMATOR_INPUT, MIN_ESTIMATOR_INPUT, 1))
     assert smallest.get_layer("flatten").output.shape[1:] == (192,)
-    assert config_module.MIN_ESTIMATOR_INPUT == MIN_ESTIMATOR_INPUT
+    with pytest.raises(ValueError):  # one pixel less: a negative size within, and no estimator
+        build_estimator((MIN_ESTIMATOR_INPUT - 1, MIN_ESTIMATOR_INPUT, 1))
 
 
 def test_angular_error_on_known_vectors():
@@ -50,7 +49,7 @@ def test_angular_error_on_known_vectors():
 
 
 def test_share_within_d_degrees_on_known_errors():
-    within = share_within(np.array([0.0, 0.5, 7.0, 7.01, 30.0])).numpy()
+    within = share_within(np.array([0.0, 0.5, 7.0, 7.01, 30.0]), MAX_WITHIN_DEGREES).numpy()
     assert within.shape == (26,)
     assert within[0] == pytest.approx(0.2) and within[1] == pytest.approx(0.4)
     assert within[7] == pytest.approx(0.6) and within[8] == pytest.approx(0.8)
@@ -158,23 +157,23 @@ def test_estimation_sets_hold_the_split_the_mirrored_real_eyes_and_the_refined_c
     split = data.split
     assert len(split.training_paths) == 18 and len(split.validation_paths) == 6
     assert not set(split.training_paths) & set(split.validation_paths)
-    sets = estimation_sets(data, (35, 55, 1), 4, refine=lambda images: images * 0 + REFINED_VALUE)
+    sets = data.estimation_sets((35, 55, 1), 4, refine=lambda images: images * 0 + REFINED_VALUE)
     assert sets.training[0].shape == (18, 35, 55, 1) and sets.validation[0].shape == (6, 35, 55, 1)
     assert isinstance(sets.training[0], NpyRows)  # on disk, read a batch at a time
     assert np.all(sets.training[0][np.arange(18)] == np.rint((REFINED_VALUE + 1) * 127.5))  # quantised as a PNG
     np.testing.assert_array_equal(sets.training[1], split.training_gaze)
     mirrored_images, mirrored = as_left_eyes(data.real_images[np.arange(NUM_REAL)], data.real_gaze,
                                              data.real_right_eye)
-    batches = list(sets.real_batches(4))
+    batches = list(sets.test_batches(4))
     assert [len(images) for images, _ in batches] == [4] * 5
     np.testing.assert_array_equal(np.concatenate([gaze for _, gaze in batches]), mirrored)  # mirrored per batch
     np.testing.assert_allclose(np.concatenate([images for images, _ in batches]),
                                to_network_input(mirrored_images, (35, 55, 1)), atol=1e-6)
-    assert sets.right_eyes_mirrored == NUM_REAL // 2 and sets.is_sample is False
+    assert sets.facts == dict(right_eyes_mirrored=NUM_REAL // 2, is_sample=False)
     assert not [name for name in os.listdir(root / "data" / "gaze") if name.startswith(".")]  # no temporary left
-    evaluation_only = estimation_sets(load_gaze_data(get_config([f"--data_dir={root / 'data'}", "--task=estimation",
-                                                                 "--is_train=False", "--load_path=x"])), (35, 55, 1), 4)
-    assert evaluation_only.training is None and len(evaluation_only.real[0]) == NUM_REAL
+    evaluation_only = load_gaze_data(get_config([f"--data_dir={root / 'data'}", "--task=estimation",
+                                                 "--is_train=False", "--load_path=x"])).estimation_sets((35, 55, 1), 4)
+    assert evaluation_only.training is None and len(evaluation_only.test[0]) == NUM_REAL
 
 
 # ---------------------------------------------------------------- the command line
@@ -197,11 +196,11 @@ def test_training_evaluates_on_the_real_images_and_writes_the_json(trained):
     model_dir = root / "logs" / name
     results = json.loads((model_dir / "evaluation.json").read_text())
     assert results["trained_on"] == "synthetic" and results["real_images"] == NUM_REAL
-    assert results["right_eyes_mirrored"] == NUM_REAL // 2 and 1 <= results["best_epoch"] <= 2
+    assert results["right_eyes_mirrored"] == NUM_REAL // 2 and 1 <= results["epoch"] <= 2
     within = results["share_within_degrees"]
     assert list(within) == [str(d) for d in range(26)] and all(0 <= share <= 1 for share in within.values())
     assert 0 < results["mean_angular_error"] <= 180
-    assert "mean angular error" in result.stdout and "     25 " in result.stdout
+    assert "within d degrees" in result.stdout and "       7  " in result.stdout and "      25  " in result.stdout
     assert tf.train.latest_checkpoint(model_dir / "best") and tf.train.latest_checkpoint(model_dir)
     assert json.loads((model_dir / "params.json").read_text())["task"] == "estimation"
 
@@ -227,7 +226,7 @@ def test_evaluation_mode_measures_the_saved_estimator_again(trained):
     assert result.returncode == 0, result.stderr[-3000:]
     after = json.loads((root / "logs" / name / "evaluation.json").read_text())
     assert after["mean_angular_error"] == pytest.approx(before["mean_angular_error"], abs=1e-4)
-    assert after["trained_on"] == "synthetic" and "mean angular error" in result.stdout
+    assert after["trained_on"] == "synthetic" and "within d degrees" in result.stdout
 
 
 def test_evaluating_a_missing_estimator_is_one_clear_error(sample, capsys):

@@ -18,7 +18,7 @@ import refine as refine_module
 from conftest import ROOT, checkpoint_counters, checkpoint_values, folder_flags, main_in_process
 from config import get_config
 from data.gaze_data import load_gaze_data
-from data.sample_data import write_sample
+from data.gaze_sample import write_sample
 from refine import refine_folder
 from trainer import Trainer
 from training_loop import TrainingDiverged

@@ -19,7 +19,7 @@ from data.gaze_labels import read_look_vec
 from data.npy_file import NpyRows
 from data.pipelines import array_batches, synthetic_dataset
 from data.reports import DataError
-from data.sample_data import write_sample
+from data.gaze_sample import write_sample
 
 SHAPE = (35, 55, 1)
 

@@ -11,12 +11,12 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from checkpoints import CheckpointError
 from config import get_config
-from data.hand_data import DepthCrops
+from data.data_set import EstimationSets
+from data.hand_data import DepthCrops, HandData, refine_crops
 from data.npy_file import NpyRows, read_rows, write_rows
-from hand_estimation import (EVALUATION_FILE, PAPER_INPUT, HandEstimatorTrainer, HandSets, evaluation_table,
-                             hand_estimation_sets, refine_crops)
+from estimation import EVALUATION_FILE, EstimatorTrainer, evaluation_table
 from model import share_within
-from pose_model import MAX_WITHIN_PIXELS, joint_distances
+from pose_model import HAND_ESTIMATION, MAX_WITHIN_PIXELS
 from utils import denormalize, make_run_folders, normalize, run_paths
 
 SIZE, JOINTS = 32, 14
@@ -44,7 +44,8 @@ def hand_sets(count, test_count, seed, refined=False, folder=None):
     if folder is not None:
         training_images, test_images = (on_disk(folder / f"{name}.npy", images) for name, images in
                                         (("training", training_images), ("test", test_images)))
-    return HandSets(training_images, training_joints, test_images, test_joints, (SIZE, SIZE, 1), refined, True)
+    return EstimationSets((training_images, training_joints), None, (test_images, test_joints), (SIZE, SIZE, 1),
+                          refined, dict(is_sample=True, joints=JOINTS))
 
 
 def on_disk(path, images):
@@ -69,7 +70,7 @@ def run(root, sets, *flags):
     config = tiny_config(root, *flags)
     paths = run_paths(config)
     make_run_folders(config, paths)
-    trainer = HandEstimatorTrainer(config, paths, sets)
+    trainer = EstimatorTrainer(config, paths, sets, HAND_ESTIMATION)
     return (trainer.train() if config.is_train else trainer.evaluate()), paths
 
 
@@ -97,7 +98,7 @@ def trained(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("hand")
     sets = hand_sets(256, 24, seed=1, refined=True, folder=root)
-    assert isinstance(sets.training_images, NpyRows) and isinstance(sets.test_images, NpyRows)
+    assert isinstance(sets.training[0], NpyRows) and isinstance(sets.test[0], NpyRows)
     keras.utils.set_random_seed(0)
     first, _ = run(root, sets, *LEARNS, "--num_epochs=5")
     first_checkpoint = tf.train.latest_checkpoint(root / "logs" / "estimation_hand")
@@ -131,51 +132,48 @@ def test_a_finished_run_launched_again_is_restored_and_trains_no_more(trained):
 
 def test_evaluation_mode_measures_the_saved_estimator_again(trained):
     before = json.loads((trained.model_dir / EVALUATION_FILE).read_text())
-    sets = dataclasses.replace(trained.sets, training_images=None, training_joints=None,
-                               refined=False)  # evaluation reads neither, nor what the images were
+    sets = dataclasses.replace(trained.sets, training=None, refined=False)  # evaluation reads neither
     again, _ = run(trained.root, sets, "--is_train=False", "--load_path=hand", "--batch_size=7")
     assert again["share_within_pixels"] == pytest.approx(before["share_within_pixels"])
     assert again["mean_joint_error"] == pytest.approx(before["mean_joint_error"], abs=1e-4)
     assert again["step"] == 160 and again["trained_on"] == "refined"
-    with pytest.raises(CheckpointError, match="no hand estimator checkpoint"):
+    with pytest.raises(CheckpointError, match="no estimator checkpoint"):
         run(trained.root, sets, "--is_train=False", "--load_path=missing")
 
 
 def test_a_trained_estimator_beats_an_untrained_one(trained):
     config = tiny_config(trained.root, "--load_path=untrained")
     keras.utils.set_random_seed(0)  # the trained run's initial weights
-    untrained = HandEstimatorTrainer(config, run_paths(config), trained.sets)
-    test_images = trained.sets.test_images[np.arange(len(trained.sets.test_images))]
-    images = normalize(test_images[..., None].astype(np.float32))
-    # Distances count in pixels of a 224x224 crop: 7 a pixel of these 32x32 images.
-    distances = PAPER_INPUT / SIZE * joint_distances(untrained.predict_joints(images), trained.sets.test_joints)
+    untrained = EstimatorTrainer(config, run_paths(config), trained.sets, HAND_ESTIMATION)
+    distances = untrained.errors(trained.sets.test_batches(8))  # in pixels of a 224x224 crop: 7 a pixel here
+    assert distances.shape == (24, JOINTS)
     before = float(share_within(distances, MAX_WITHIN_PIXELS)[MAX_WITHIN_PIXELS])
     after = trained.resumed["share_within_pixels"][str(MAX_WITHIN_PIXELS)]
     assert after > before + 0.3, (before, after)
 
 
-def test_the_table_has_a_row_per_run_and_marks_five_pixels():
-    within = {str(d): min(1.0, d / 10) for d in range(21)}
-    runs = [dict(model=name, trained_on=kind, share_within_pixels=within, mean_joint_error=error, real_images=3,
-                 joints=14)
-            for name, kind, error in (("estimation_a", "synthetic", 7.5), ("estimation_b", "refined", 6.0))]
-    lines = evaluation_table(runs).splitlines()
-    assert len(lines) == 4 and "[  5px]" in lines[1] and "20px" in lines[1]
-    assert "synthetic" in lines[2] and "[ 50.0]" in lines[2] and "7.50px" in lines[2]
-    assert "refined" in lines[3] and "100.0" in lines[3]
+def test_the_table_has_a_column_per_run_and_marks_five_pixels():
+    runs = [dict(model=name, trained_on=kind, share_within_pixels={str(d): min(1.0, d / share) for d in range(21)},
+                 mean_joint_error=error, real_images=3, joints=14)
+            for name, kind, error, share in (("estimation_a", "synthetic", 7.5, 10), ("estimation_b", "refined", 6.0, 5))]
+    lines = evaluation_table(runs, HAND_ESTIMATION).splitlines()
+    assert len(lines) == 3 + 21 + 1 and "14 joints each" in lines[0]
+    assert lines[1].split() == ["d", "estimation_a", "estimation_b"] and lines[2].split() == ["synthetic", "refined"]
+    assert lines[3 + 5].split() == ["5", "50.0", "100.0", "<-", "the", "paper's", "table"]
+    assert lines[3 + 20].split() == ["20", "100.0", "100.0"] and lines[-1].split() == ["mean", "7.50", "6.00", "pixels"]
 
 
 def test_refined_crops_go_to_a_temporary_file_that_leaves_nothing_behind(tmp_path, capsys):
-    images = hand_sets(10, 0, seed=3).training_images
+    images = hand_sets(10, 0, seed=3).training[0]
     folder = tmp_path / "hand"
     folder.mkdir()
     refined = refine_crops(images, (SIZE, SIZE, 1), 4, lambda batch: -batch, str(folder))
     assert isinstance(refined, NpyRows) and refined.shape == images.shape
     np.testing.assert_array_equal(refined[np.arange(10)], denormalize(-normalize(images.astype(np.float32))))
     assert not list(folder.iterdir())  # the name is gone at once: the file lives as long as the rows
-    data = SimpleNamespace(synthetic=DepthCrops(images, np.zeros((10, JOINTS, 2), np.float32), np.arange(1, 11)),
-                           test=None, folder=str(tmp_path / "read_only"), is_sample=True)  # not there: not writable
-    sets = hand_estimation_sets(data, (SIZE, SIZE, 1), 4, refine=lambda batch: batch)
+    crops = DepthCrops(images, np.zeros((10, JOINTS, 2), np.float32), np.arange(1, 11))
+    data = HandData(str(tmp_path / "read_only"), True, crops, crops)  # a folder not there: not writable
+    sets = data.estimation_sets((SIZE, SIZE, 1), 4, refine=lambda batch: batch)
     assert "[!] Cannot write the refined crops" in capsys.readouterr().out
-    assert sets.refined and isinstance(sets.training_images, NpyRows) and len(sets.test_images) == 0
-    np.testing.assert_array_equal(sets.training_images[np.arange(10)], images)
+    assert sets.refined and isinstance(sets.training[0], NpyRows) and len(sets.test[0]) == 0
+    np.testing.assert_array_equal(sets.training[0][np.arange(10)], images)

@@ -1,8 +1,11 @@
-"""NYU's format (data/nyu.py) and the bundled procedural hand sample written in it (data/hand_sample.py)."""
+"""NYU's format (data/nyu.py) and the bundled procedural hand sample written in it (data/hand_sample.py).
+
+What the sample shares with the gaze sample (determinism, staging, arguments, the command line) is tested
+in test_sample_staging.py.
+"""
 import json
-import multiprocessing
+import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +13,7 @@ import scipy.io
 from PIL import Image
 
 from data import hand_sample, nyu
-from data.hand_sample import (HAND_MARKER_NAME, HAND_STAGING_NAME, ensure_hand_sample, is_hand_sample, main,
-                              write_hand_sample)
+from data.hand_sample import LAYOUT, is_complete_hand_sample, is_hand_sample, write_hand_sample
 
 NUM_TRAIN, NUM_TEST, SEED = 3, 2, 11
 
@@ -22,11 +24,6 @@ def sample(tmp_path_factory):
     hand_dir = tmp_path_factory.mktemp("sample") / "hand"
     report = write_hand_sample(hand_dir, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=SEED, workers=1)
     return hand_dir, report
-
-
-def file_contents(root):
-    """{relative path: bytes} of every file under root."""
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def frames(folder, count):
@@ -160,9 +157,9 @@ def test_layout_on_disk(sample):
     for folder, count in ((report.train_dir, NUM_TRAIN), (report.test_dir, NUM_TEST)):
         expected = {nyu.depth_name(i) for i in range(1, count + 1)} | {nyu.synthetic_depth_name(i)
                                                                       for i in range(1, count + 1)}
-        assert {p.name for p in folder.iterdir()} == expected | {"joint_data.mat", HAND_MARKER_NAME}
+        assert {p.name for p in folder.iterdir()} == expected | {"joint_data.mat", LAYOUT.marker_name}
         assert is_hand_sample(folder)
-        assert json.loads((folder / HAND_MARKER_NAME).read_text())["seed"] == SEED
+        assert json.loads((folder / LAYOUT.marker_name).read_text())["seed"] == SEED
         for i in (1, count):
             with Image.open(folder / nyu.depth_name(i)) as image:
                 assert image.mode == "RGB" and image.size == (640, 480)
@@ -232,82 +229,14 @@ def test_rendering_a_frame_is_fast():
     assert best < 0.5, best
 
 
-# ---- writing: determinism, interruption, what it may replace
+# ---- a complete sample, and a half one written over
 
 
-def test_same_seed_same_bytes_whatever_the_workers(sample, tmp_path, monkeypatch):
+def test_a_half_sample_is_not_complete_and_is_written_over(sample, tmp_path):
     hand_dir, _ = sample
-    monkeypatch.setattr(hand_sample, "_PARALLEL_MIN", 0)  # so two processes write these few frames
-    write_hand_sample(tmp_path / "hand", num_train=NUM_TRAIN, num_test=NUM_TEST, seed=SEED, workers=2)
-    assert file_contents(tmp_path / "hand") == file_contents(hand_dir)
-
-
-def test_another_seed_other_bytes(sample, tmp_path):
-    hand_dir, _ = sample
-    write_hand_sample(tmp_path / "hand", num_train=1, num_test=1, seed=SEED + 1, workers=1)
-    for name in ("train/depth_1_0000001.png", "train/synthdepth_1_0000001.png", "test/depth_1_0000001.png"):
-        assert (tmp_path / "hand" / name).read_bytes() != (hand_dir / name).read_bytes(), name
-
-
-def test_interrupted_write_leaves_no_train_folder_and_is_redone(tmp_path, monkeypatch):
-    hand_dir = tmp_path / "hand"
-
-    def interrupted(*args):
-        raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the frames were written
-
-    monkeypatch.setattr(hand_sample, "write_frames", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        write_hand_sample(hand_dir, num_train=1, num_test=1, seed=1, workers=1)
-    assert not (hand_dir / "train").exists() and not (hand_dir / "test").exists()
-    assert (hand_dir / HAND_STAGING_NAME).exists()
-    monkeypatch.undo()
-    assert ensure_hand_sample(hand_dir, num_train=1, num_test=1, seed=1, workers=1)
-    assert sorted(p.name for p in hand_dir.iterdir()) == ["test", "train"]
-    write_hand_sample(tmp_path / "fresh", num_train=1, num_test=1, seed=1, workers=1)
-    assert file_contents(hand_dir) == file_contents(tmp_path / "fresh")
-
-
-def fail_to_write(*args):
-    """A worker's task that fails: pickled by name, so module level."""
-    raise OSError(28, "No space left on device")
-
-
-def test_a_failing_worker_is_raised_and_no_worker_is_left(tmp_path, monkeypatch):
-    monkeypatch.setattr(hand_sample, "_PARALLEL_MIN", 0)  # so two processes write these few frames
-    monkeypatch.setattr(hand_sample, "write_frames", fail_to_write)
-    with pytest.raises(OSError, match="No space left"):
-        write_hand_sample(tmp_path / "hand", num_train=2, num_test=2, seed=1, workers=2)
-    assert multiprocessing.active_children() == []
-    assert not (tmp_path / "hand" / "train").exists()
-
-
-def test_ensure_leaves_a_complete_sample_alone(sample):
-    hand_dir, _ = sample
-    before = {path: path.stat().st_mtime_ns for path in hand_dir.rglob("*")}
-    assert not ensure_hand_sample(hand_dir, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=SEED)
-    assert {path: path.stat().st_mtime_ns for path in hand_dir.rglob("*")} == before
-
-
-def test_data_it_did_not_write_is_never_touched(tmp_path):
-    hand_dir = tmp_path / "hand"
-    (hand_dir / "train").mkdir(parents=True)
-    (hand_dir / "train" / "joint_data.mat").write_bytes(b"the real data set")
-    assert not is_hand_sample(hand_dir / "train")
-    with pytest.raises(FileExistsError, match="not written by data.hand_sample"):
-        write_hand_sample(hand_dir, num_train=1, num_test=1, seed=1, workers=1)
-    assert (hand_dir / "train" / "joint_data.mat").read_bytes() == b"the real data set"
-    assert not (hand_dir / "test").exists()
-
-
-@pytest.mark.parametrize("arguments", [dict(num_train=0), dict(num_test=0), dict(seed=-1), dict(size=(240, 320))])
-def test_bad_arguments_are_named(tmp_path, arguments):
-    name = next(iter(arguments))
-    with pytest.raises(ValueError, match=name):
-        write_hand_sample(tmp_path, **{"num_train": 1, "num_test": 1, **arguments})
-
-
-def test_command_line_prints_one_line(tmp_path, capsys):
-    main(["--out", str(tmp_path), "--num_train", "1", "--num_test", "1", "--seed", "3"])
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and "1 train and 1 test frames" in lines[0]
-    assert nyu.read_joint_data(Path(tmp_path, "test", "joint_data.mat"))[1].shape == (1, 36, 3)
+    assert is_complete_hand_sample(hand_dir)
+    write_hand_sample(tmp_path, num_train=1, num_test=1, seed=1, workers=1)
+    shutil.rmtree(tmp_path / "train")  # as if interrupted between the two renames
+    assert not is_complete_hand_sample(tmp_path)
+    write_hand_sample(tmp_path, num_train=1, num_test=1, seed=1, workers=1)
+    assert is_complete_hand_sample(tmp_path)

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import ROOT, checkpoint_counters, folder_flags
-from data.sample_data import write_sample
+from data.gaze_sample import write_sample
 
 # No warm-up phases: each step function traced is seconds per process, and the adversarial steps are the point.
 SCHEDULE = ["--initial_K_g=0", "--initial_K_d=0", "--K_g=2", "--K_d=1", "--batch_size=4", "--buffer_size=16",

@@ -25,13 +25,10 @@ by the seed and its index, so the same arguments (with the same Pillow and SciPy
 files however the work is split over the worker processes. It writes into a staging folder and renames
 the data sets into place, UnityEyes last, so an interrupted run never looks finished (see its docstring).
 
-Usage: ``python -m data.sample_data --out DIR [--num_synthetic N] [--num_real N] [--seed S]``.
+Usage: ``python -m data.gaze_sample --out DIR [--num_synthetic N] [--num_real N] [--seed S]``.
 """
-import argparse
-import errno
 import io
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +39,7 @@ from PIL import Image
 from scipy.ndimage import convolve, gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from utils import default_workers, worker_pool
+from data.sample_staging import SampleLayout, check_counts, command_line, run_tasks
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480  # UnityEyes frames
 CROP_WIDTH, CROP_HEIGHT = 140, 84  # the loader's crop around the eyelid bounding box
@@ -57,7 +54,7 @@ EDGE_PLACEMENT_SHARE = 0.01  # frames whose crop box falls partly outside, as re
 # Where the eye's drawing fades into plain skin, in eye widths from the corner-line centre
 # (left, right, top, bottom); only this patch of a synthetic frame is drawn at full detail.
 PATCH_EXTENT = (-0.65, 0.65, -0.5, 0.45)
-MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: data.sample_data"
+MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: data.gaze_sample"
 
 # Sub-stream tags of the random generator, so every image's randomness is independent of the counts.
 _SYNTHETIC, _PERSON, _DAY, _REAL, _LAYOUT, _SAMPLE = range(6)
@@ -671,8 +668,10 @@ def _mat_bytes(variables):
 # ----------------------------------------------------------------------------------------------------
 # Writing
 
-STAGING_NAME = ".sample_data.partial"  # in gaze_dir: everything is written here, then moved into place
-MARKER_NAME = ".sample_data.json"  # in each folder written here, so a later call may replace it
+# The names from before this module was renamed from data.sample_data, so a sample written then is still
+# recognised as one and replaced.
+LAYOUT = SampleLayout("data.gaze_sample", ("MPIIGaze", "UnityEyes"), marker_name=".sample_data.json",
+                      staging_name=".sample_data.partial")
 SYNTHETIC_CHUNK = 50  # frames per task: the hand-off is amortised, and the pool still ends evenly
 _PARALLEL_MIN = 64  # fewer images than this are not worth starting processes for
 
@@ -706,10 +705,9 @@ def write_real_day(seed, person, day, num_samples, directory):
     return 2 * num_samples
 
 
-def _tasks(seed, num_synthetic, layout, staging):
+def _tasks(seed, num_synthetic, days, staging):
     """(function, args) of all the work, the biggest pieces first so the workers finish together."""
-    days = sorted(layout, key=lambda entry: -entry[2])
-    real = [(write_real_day, (seed, *day, staging / "MPIIGaze")) for day in days]
+    real = [(write_real_day, (seed, *day, staging / "MPIIGaze")) for day in sorted(days, key=lambda day: -day[2])]
     # Frames are numbered from 1, as UnityEyes numbers them.
     synthetic = [(write_synthetic, (seed, start, min(start + SYNTHETIC_CHUNK, num_synthetic + 1),
                                     staging / "UnityEyes"))
@@ -717,111 +715,35 @@ def _tasks(seed, num_synthetic, layout, staging):
     return real + synthetic
 
 
-def _call(task):
-    """Run one (function, args) task."""
-    function, args = task
-    return function(*args)
-
-
-def _run(tasks, workers, num_images):
-    """Run every task, in worker processes when it pays; the first failure is raised."""
-    if workers <= 1 or num_images < _PARALLEL_MIN:
-        for task in tasks:
-            _call(task)
-        return
-    # Not threads: the drawing is many small numpy calls that hold the GIL, so 2 threads measured
-    # no faster than 1. A failure leaves the block with tasks in flight: worker_pool stops the rest.
-    with worker_pool(workers) as pool:
-        pool.map(_call, tasks, chunksize=1)
-
-
-def _check_arguments(num_synthetic, num_real, seed):
-    """ValueError naming the argument if a count or the seed cannot work."""
-    if not isinstance(num_synthetic, int) or num_synthetic < 1:
-        raise ValueError(f"num_synthetic must be a whole number >= 1, not {num_synthetic!r}")
-    if not isinstance(num_real, int) or num_real < 2 or num_real % 2:
-        raise ValueError(f"num_real must be an even number >= 2 (each MPIIGaze sample is a left and "
-                         f"a right eye image), not {num_real!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a whole number >= 0, not {seed!r}")
-
-
-def _replaceable(path):
-    """True if path is absent, an empty folder, or a folder this module wrote."""
-    if not path.exists():
-        return True
-    if not path.is_dir():
-        return False
-    return (path / MARKER_NAME).is_file() or not any(path.iterdir())
-
-
-def _check_targets(gaze_dir):
-    """FileExistsError if UnityEyes or MPIIGaze in gaze_dir holds data this module did not write."""
-    for name in ("UnityEyes", "MPIIGaze"):
-        target = gaze_dir / name
-        if not _replaceable(target):
-            raise FileExistsError(errno.EEXIST, f"{target} holds data not written by data.sample_data; "
-                                                "move it away or choose another folder", str(target))
-
-
-def _install(staging, gaze_dir):
-    """Move the staged folders into gaze_dir: MPIIGaze first, so a UnityEyes folder means all is there."""
-    for name in ("MPIIGaze", "UnityEyes"):
-        target = gaze_dir / name
-        if target.exists():
-            target.rename(staging / f"replaced-{name}")  # deleted with the staging folder
-        (staging / name).rename(target)
-
-
 def write_sample(gaze_dir, num_synthetic=3000, num_real=3000, seed=123, workers=None):
     """Write gaze_dir/UnityEyes (num_synthetic frames) and gaze_dir/MPIIGaze (num_real images); a SampleReport.
 
-    The files depend only on the arguments (not on workers): the same arguments give byte-identical
-    files. Everything is first written to gaze_dir/.sample_data.partial and then renamed into place,
-    MPIIGaze first and UnityEyes last, so a gaze_dir/UnityEyes folder means the sample is complete;
-    an interrupted call leaves at most the staging folder and MPIIGaze, which the next call removes
-    or replaces. Folders this module wrote carry a .sample_data.json marker and are replaced; a
-    UnityEyes or MPIIGaze folder with other data in it is never touched (FileExistsError). Two calls
-    must not write to the same gaze_dir at once. workers: processes (None: one per usable CPU).
+    The same arguments give byte-identical files, whatever workers (processes; None: one per usable CPU).
+    Staged as LAYOUT.staged stages (data/sample_staging.py): MPIIGaze is renamed into place first and
+    UnityEyes last, so a gaze_dir/UnityEyes folder means the sample is complete, which data/gaze_data.py
+    relies on; a UnityEyes or MPIIGaze folder of other data is never touched (FileExistsError).
     """
-    _check_arguments(num_synthetic, num_real, seed)
+    if not isinstance(num_real, int) or num_real < 2 or num_real % 2:
+        raise ValueError(f"num_real must be an even number >= 2 (each MPIIGaze sample is a left and "
+                         f"a right eye image), not {num_real!r}")
+    check_counts(seed, num_synthetic=num_synthetic)
     started = time.perf_counter()
-    gaze_dir = Path(gaze_dir)
-    _check_targets(gaze_dir)
-    staging = gaze_dir / STAGING_NAME
-    if staging.exists():
-        shutil.rmtree(staging)  # what an interrupted call left
-    for name in ("UnityEyes", "MPIIGaze"):
-        (staging / name).mkdir(parents=True)
-    layout = real_layout(seed, num_real)
-    _run(_tasks(seed, num_synthetic, layout, staging), default_workers() if workers is None else workers,
-         num_synthetic + num_real)
-    marker = json.dumps({"written_by": "data.sample_data", "seed": seed, "num_synthetic": num_synthetic,
-                         "num_real": num_real}, indent=1)
-    for name in ("UnityEyes", "MPIIGaze"):
-        (staging / name / MARKER_NAME).write_text(marker + "\n", encoding="utf-8")
-    _install(staging, gaze_dir)
-    shutil.rmtree(staging)
-    return SampleReport(synthetic_dir=gaze_dir / "UnityEyes", real_dir=gaze_dir / "MPIIGaze",
-                        num_synthetic=num_synthetic, num_real=num_real, num_days=len(layout),
+    days = real_layout(seed, num_real)
+    with LAYOUT.staged(gaze_dir, seed=seed, num_synthetic=num_synthetic, num_real=num_real) as staging:
+        run_tasks(_tasks(seed, num_synthetic, days, staging), workers, num_synthetic + num_real >= _PARALLEL_MIN)
+    return SampleReport(synthetic_dir=Path(gaze_dir, "UnityEyes"), real_dir=Path(gaze_dir, "MPIIGaze"),
+                        num_synthetic=num_synthetic, num_real=num_real, num_days=len(days),
                         seconds=time.perf_counter() - started)
 
 
 def main(argv=None):
     """The command line: write the sample to --out and print one line of what was written."""
-    parser = argparse.ArgumentParser(description="Write the bundled sample gaze data (UnityEyes + MPIIGaze "
-                                                 "layouts) to a folder.")
-    parser.add_argument("--out", required=True, help="folder to write UnityEyes/ and MPIIGaze/ into")
-    parser.add_argument("--num_synthetic", type=int, default=3000, help="UnityEyes frames to write")
-    parser.add_argument("--num_real", type=int, default=3000, help="MPIIGaze eye images to write (even)")
-    parser.add_argument("--seed", type=int, default=123, help="random seed; the same seed writes the same files")
-    args = parser.parse_args(argv)
-    try:
-        report = write_sample(args.out, args.num_synthetic, args.num_real, args.seed)
-    except (ValueError, OSError) as error:
-        parser.exit(2, f"[!] {error}\n")
-    print(f"[*] Wrote {report.num_synthetic} UnityEyes frames to {report.synthetic_dir} and {report.num_real} "
-          f"MPIIGaze images ({report.num_days} day files) to {report.real_dir} in {report.seconds:.1f} s")
+    command_line(argv, "Write the bundled sample gaze data (UnityEyes + MPIIGaze layouts) to a folder.",
+                 "folder to write UnityEyes/ and MPIIGaze/ into",
+                 {"num_synthetic": (3000, "UnityEyes frames to write"),
+                  "num_real": (3000, "MPIIGaze eye images to write (even)")}, 123, write_sample,
+                 "[*] Wrote {num_synthetic} UnityEyes frames to {synthetic_dir} and {num_real} MPIIGaze images "
+                 "({num_days} day files) to {real_dir} in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

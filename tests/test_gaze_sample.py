@@ -1,7 +1,10 @@
-"""The bundled sample: determinism, the real data sets' formats, label conventions and the domain gap."""
+"""The bundled gaze sample: determinism, the real data sets' formats, label conventions and the domain gap.
+
+What it shares with the hand sample (determinism, staging, arguments, the command line) is tested in
+test_sample_staging.py.
+"""
 import json
 import math
-import multiprocessing
 import re
 from pathlib import Path
 
@@ -11,10 +14,8 @@ import scipy.io
 from PIL import Image, ImageDraw
 from scipy.ndimage import laplace, uniform_filter
 
-from data import mpiigaze, unityeyes
-from data import sample_data
-from data.sample_data import (EYE_WIDTH_SHARE, MARKER_NAME, REAL_HEIGHT, REAL_WIDTH, STAGING_NAME, main,
-                              write_sample)
+from data import gaze_sample, mpiigaze, unityeyes
+from data.gaze_sample import EYE_WIDTH_SHARE, LAYOUT, REAL_HEIGHT, REAL_WIDTH, write_sample
 
 NUM_SYNTHETIC, NUM_REAL, SEED = 40, 30, 7
 REAL_UNITYEYES = Path(__file__).resolve().parents[2] / "shared" / "real" / "unityeyes"
@@ -32,11 +33,6 @@ def sample(tmp_path_factory):
 def crops(sample):
     """The cropper's report on the sample's UnityEyes folder."""
     return unityeyes.prepare_crops(sample[1].synthetic_dir, workers=1)
-
-
-def file_contents(root):
-    """{relative path: bytes} of every file under root."""
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def frame_landmarks(strings):
@@ -60,23 +56,7 @@ def synthetic_at_real_size(paths):
                                 np.float32) for p in paths])
 
 
-# ---- writing: determinism, the report, interruption
-
-
-def test_same_seed_same_bytes_whatever_the_workers(sample, tmp_path):
-    gaze_dir, _ = sample
-    again = write_sample(tmp_path / "gaze", num_synthetic=NUM_SYNTHETIC, num_real=NUM_REAL, seed=SEED, workers=1)
-    first = {name: content for name, content in file_contents(gaze_dir).items()
-             if "_cropped" not in name and unityeyes.INDEX_NAME not in name}  # what the cropper adds
-    assert file_contents(tmp_path / "gaze") == first
-    assert again.num_synthetic == NUM_SYNTHETIC and again.num_real == NUM_REAL and again.seconds > 0
-
-
-def test_another_seed_other_bytes(sample, tmp_path):
-    gaze_dir, _ = sample
-    write_sample(tmp_path / "gaze", num_synthetic=2, num_real=2, seed=SEED + 1)
-    for name in ("UnityEyes/1.jpg", "UnityEyes/1.json", "MPIIGaze/Data/Normalized/p00/day01.mat"):
-        assert (tmp_path / "gaze" / name).read_bytes() != (gaze_dir / name).read_bytes(), name
+# ---- writing: the layout, the report
 
 
 def test_layout_on_disk(sample):
@@ -88,77 +68,8 @@ def test_layout_on_disk(sample):
     days = mpiigaze.find_day_files(report.real_dir)
     assert len(days) == report.num_days
     assert all(re.fullmatch(r"p\d\d/day\d\d\.mat", f"{p.parent.name}/{p.name}") for p in days)
-    assert json.loads((report.real_dir / MARKER_NAME).read_text())["seed"] == SEED
-
-
-def test_interrupted_run_is_detectable_and_redone(tmp_path, monkeypatch):
-    gaze_dir = tmp_path / "gaze"
-    calls = []
-
-    def failing_day(*args):
-        calls.append(args)
-        raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the days were written
-
-    monkeypatch.setattr(sample_data, "write_real_day", failing_day)
-    with pytest.raises(KeyboardInterrupt):
-        write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
-    assert calls and not (gaze_dir / "UnityEyes").exists()  # the caller's test: no frames, write again
-    assert (gaze_dir / STAGING_NAME).exists()
-    monkeypatch.undo()
-
-    write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
-    assert not (gaze_dir / STAGING_NAME).exists()
-    assert file_contents(gaze_dir) == file_contents(_fresh(tmp_path / "fresh", 3, 4, 1))
-
-
-def fail_to_write(*args):
-    """A worker's task that fails: pickled by name, so module level."""
-    raise OSError(28, "No space left on device")
-
-
-def test_a_failing_worker_is_raised_and_no_worker_is_left(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample_data, "write_synthetic", fail_to_write)
-    with pytest.raises(OSError, match="No space left"):
-        write_sample(tmp_path / "gaze", num_synthetic=70, num_real=4, seed=1, workers=2)  # 74: in a pool
-    assert multiprocessing.active_children() == []
-    assert not (tmp_path / "gaze" / "UnityEyes").exists()
-
-
-def _fresh(gaze_dir, num_synthetic, num_real, seed):
-    write_sample(gaze_dir, num_synthetic=num_synthetic, num_real=num_real, seed=seed, workers=1)
-    return gaze_dir
-
-
-def test_a_half_installed_sample_is_replaced(tmp_path):
-    gaze_dir = _fresh(tmp_path / "gaze", 3, 4, 1)
-    # Interrupted between the two renames: MPIIGaze in place, UnityEyes not yet.
-    (gaze_dir / "UnityEyes").rename(tmp_path / "moved")
-    write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=2, workers=1)
-    assert file_contents(gaze_dir) == file_contents(_fresh(tmp_path / "fresh", 3, 4, 2))
-
-
-def test_data_it_did_not_write_is_never_touched(tmp_path):
-    gaze_dir = tmp_path / "gaze"
-    (gaze_dir / "MPIIGaze").mkdir(parents=True)
-    (gaze_dir / "MPIIGaze" / "readme.txt").write_text("real data")
-    with pytest.raises(FileExistsError, match="not written by data.sample_data"):
-        write_sample(gaze_dir, num_synthetic=3, num_real=4, seed=1, workers=1)
-    assert (gaze_dir / "MPIIGaze" / "readme.txt").read_text() == "real data"
-    assert not (gaze_dir / "UnityEyes").exists()
-
-
-@pytest.mark.parametrize("arguments", [dict(num_real=3), dict(num_real=0), dict(num_synthetic=0), dict(seed=-1)])
-def test_bad_arguments_are_named(tmp_path, arguments):
-    name = next(iter(arguments))
-    with pytest.raises(ValueError, match=name):
-        write_sample(tmp_path, **{"num_synthetic": 3, "num_real": 4, **arguments})
-
-
-def test_command_line_prints_one_line(tmp_path, capsys):
-    main(["--out", str(tmp_path), "--num_synthetic", "2", "--num_real", "4", "--seed", "3"])
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and "2 UnityEyes frames" in lines[0] and "4 MPIIGaze images" in lines[0]
-    assert len(list((tmp_path / "UnityEyes").glob("*.jpg"))) == 2
+    assert json.loads((report.real_dir / LAYOUT.marker_name).read_text())["seed"] == SEED
+    assert report.num_synthetic == NUM_SYNTHETIC and report.num_real == NUM_REAL and report.seconds > 0
 
 
 # ---- formats: what the real loaders read
@@ -233,12 +144,12 @@ def test_edge_frames_are_padded_not_skipped(tmp_path):
     # Find frames whose crop box leaves the frame, from the same random streams write_sample uses.
     edge = []
     for index in range(1, 2001):
-        eye, _ = sample_data._synthetic_eye(np.random.default_rng([SEED, sample_data._SYNTHETIC, index]))
-        left, top, right, bottom = _crop_box(sample_data.eyelid_margin(eye))
+        eye, _ = gaze_sample._synthetic_eye(np.random.default_rng([SEED, gaze_sample._SYNTHETIC, index]))
+        left, top, right, bottom = _crop_box(gaze_sample.eyelid_margin(eye))
         if left < 0 or top < 0 or right > 640 or bottom > 480:
             edge.append(index)
     assert 0.002 <= len(edge) / 2000 <= 0.03  # EDGE_PLACEMENT_SHARE is 1%
-    sample_data.write_synthetic(SEED, edge[0], edge[0] + 1, tmp_path)
+    gaze_sample.write_synthetic(SEED, edge[0], edge[0] + 1, tmp_path)
     report = unityeyes.prepare_crops(tmp_path, workers=1)
     assert report.skipped == {} and report.padded == [f"{edge[0]}.jpg"]
 
@@ -321,11 +232,11 @@ def test_iris_landmarks_follow_the_look_vec(sample):
 
 
 def test_mpiigaze_gaze_y_down_moves_the_iris_down():
-    person, day = sample_data.real_person(SEED, 0), sample_data.real_day(SEED, 0, 1)
+    person, day = gaze_sample.real_person(SEED, 0), gaze_sample.real_day(SEED, 0, 1)
     rows = {}
     for name, pitch in (("up", 10.0), ("down", -25.0)):
-        gaze = sample_data.gaze_vector(pitch, 0.0)
-        image = sample_data.real_image(np.random.default_rng(0), person, day, gaze, inner_side=1)
+        gaze = gaze_sample.gaze_vector(pitch, 0.0)
+        image = gaze_sample.real_image(np.random.default_rng(0), person, day, gaze, inner_side=1)
         rows[name] = _darkest_block_row(image.astype(np.float32))
         assert (gaze[1] < 0) == (name == "up")  # MPIIGaze's y points down
     assert rows["up"] < rows["down"] - 2
@@ -338,8 +249,8 @@ def _darkest_block_row(image):
 
 
 def test_real_images_follow_their_gaze_labels(tmp_path):
-    gaze_dir = _fresh(tmp_path / "gaze", 1, 200, SEED)
-    images, gaze = real_images(gaze_dir)
+    write_sample(tmp_path, num_synthetic=1, num_real=200, seed=SEED, workers=1)
+    images, gaze = real_images(tmp_path)
     rows = np.array([_darkest_block_row(image.astype(np.float32)) for image in images])
     assert np.corrcoef(rows, gaze[:, 1])[0, 1] > 0.3
     assert (gaze[:, 2] < 0).all()  # toward the camera
@@ -357,11 +268,11 @@ def test_both_domains_frame_the_eye_alike(sample):
         synthetic_widths.append(np.ptp(margin[:, 0]) / unityeyes.CROP_WIDTH)
     real_widths, real_offsets = [], []
     for person in range(5):
-        traits = sample_data.real_person(SEED, person)
+        traits = gaze_sample.real_person(SEED, person)
         for index in range(8):
             rng = np.random.default_rng([person, index])
-            eye = sample_data._real_eye_shape(rng, traits, sample_data.gaze_vector(-10.0, 5.0), inner_side=1)
-            margin = sample_data.eyelid_margin(eye)
+            eye = gaze_sample._real_eye_shape(rng, traits, gaze_sample.gaze_vector(-10.0, 5.0), inner_side=1)
+            margin = gaze_sample.eyelid_margin(eye)
             real_widths.append(np.ptp(margin[:, 0]) / REAL_WIDTH)
             real_offsets.append((margin.min(0) + margin.max(0)) / 2 - [REAL_WIDTH / 2, REAL_HEIGHT / 2])
     assert abs(np.mean(synthetic_widths) - EYE_WIDTH_SHARE) < 0.02

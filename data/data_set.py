@@ -1,0 +1,89 @@
+"""What every data set gives the rest of the program: the contract, written once.
+
+A data set is a module of data/ with a loader, `load_..._data(config) -> DataSet`, named in
+main.DATA_SETS beside its estimation task. The trainer draws `synthetic_batches` and `real_batches`
+and refines `test_images` for its sample grids; test mode refines `named_synthetic_batches`; the
+estimation task trains and evaluates on `estimation_sets`. Images stay on disk (image files, or rows
+of .npy files read by index) and reach the networks a batch at a time, in [-1, 1] at the input size.
+"""
+import abc
+from dataclasses import dataclass, field
+
+from data.pipelines import array_batches
+
+
+class DataSet(abc.ABC):
+    """A loaded data set. Subclasses set the attributes and implement the abstract methods."""
+    folder: str            # where the data and its caches live: DATA_DIR/<name>, or the bundled sample's folder
+    synthetic_dir: str     # the synthetic images' folder: test mode never writes into it
+    is_sample: bool        # the bundled sample, never mixed with real data
+    real_images: object    # (N, H, W) uint8 rows read by index (an NpyRows on disk): what refined images aim for
+
+    @property
+    @abc.abstractmethod
+    def synthetic_names(self):
+        """What test mode names each synthetic image by (a path or a file name), in the data set's order."""
+
+    @property
+    def num_synthetic(self):
+        return len(self.synthetic_names)
+
+    @abc.abstractmethod
+    def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
+        """Synthetic images: shuffled with seed, reshuffled each epoch, repeated, fixed-size batches.
+
+        shard: (input pipelines, this one's index): a worker of a cluster reads only its share.
+        """
+
+    def real_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
+        """Real images, as synthetic_batches."""
+        return array_batches(self.real_images, input_shape, batch_size, seed, shard=shard)
+
+    @abc.abstractmethod
+    def named_synthetic_batches(self, names, input_shape, batch_size):
+        """(images, names) of the synthetic images named, in order, once: what test mode refines."""
+
+    @abc.abstractmethod
+    def test_images(self, input_shape, count):
+        """The first `count` synthetic images: the sample grids' fixed inputs."""
+
+    @property
+    @abc.abstractmethod
+    def estimation_sizes(self):
+        """(training, validation or None) images of the estimation task, None when not training it: the
+        flags are checked against them before any network is built."""
+
+    @abc.abstractmethod
+    def estimation_sets(self, input_shape, batch_size, refine=None):
+        """The estimation task's EstimationSets; the training (and validation) images refined once, a batch
+        at a time into temporary files, when refine (images -> refined images) is given."""
+
+
+@dataclass
+class EstimationSets:
+    """An estimator's labelled sets: uint8 images at the input size read by row, with their labels."""
+    training: tuple        # (images, labels); None when only evaluating
+    validation: tuple      # (images, labels) held out to decide when to stop; None where a data set has no split
+    test: tuple            # (real images, labels): only ever evaluated
+    input_shape: tuple
+    refined: bool          # the training images were refined
+    facts: dict = field(default_factory=dict)  # what the evaluation records about the data (is_sample, ...)
+    test_transform: object = None  # (rows, labels, indices) -> (rows, labels), applied to each test batch
+
+    @property
+    def label_shape(self):
+        return tuple(self.test[1].shape[1:])
+
+    def training_batches(self, batch_size, seed, shard=(1, 0)):
+        """Shuffled with seed, repeated, fixed-size batches of (images, labels)."""
+        images, labels = self.training
+        return array_batches(images, self.input_shape, batch_size, seed, labels=labels, shard=shard)
+
+    def validation_batches(self, batch_size):
+        images, labels = self.validation
+        return array_batches(images, self.input_shape, batch_size, labels=labels)
+
+    def test_batches(self, batch_size):
+        """Every test image once, in order."""
+        images, labels = self.test
+        return array_batches(images, self.input_shape, batch_size, labels=labels, transform=self.test_transform)
