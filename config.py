@@ -73,7 +73,7 @@ def _build_parser():
     net.add_argument("--channel_dims", type=int_list, default=[], help="unused, kept for the original's command lines")
 
     data = parser.add_argument_group("Data")
-    data.add_argument("--data_set", default="gaze", choices=["gaze", "hand"],
+    data.add_argument("--data_set", default="gaze", choices=list(DATA_SET_DEFAULTS),
                       help="gaze: UnityEyes -> MPIIGaze eyes; hand: NYU hand depth, synthetic -> Kinect")
     data.add_argument("--data_dir", default="data", help="root of the data sets; gaze data lives in DATA_DIR/gaze")
     data.add_argument("--input_height", type=int, help="network input height; images are resized to it (gaze 35, hand 224)")

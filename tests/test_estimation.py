@@ -2,6 +2,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,7 +19,10 @@ from data.gaze_labels import as_left_eyes, label_crops, look_vec_to_gaze, read_l
 from data.npy_file import NpyRows
 from data.pipelines import crops_on_disk, to_network_input
 from data.gaze_sample import write_sample
-from model import MAX_WITHIN_DEGREES, angular_error, build_estimator, build_refiner, euclidean_loss, share_within
+from estimation import EstimatorTrainer
+from model import (GAZE_ESTIMATION, MAX_WITHIN_DEGREES, angular_error, build_estimator, build_refiner, euclidean_loss,
+                   share_within)
+from utils import run_paths
 
 NUM_SYNTHETIC, NUM_REAL = 24, 20
 TINY = ["--task=estimation", "--batch_size=8", "--num_epochs=2", "--log_step=1", "--sample_image_grid=2,4",
@@ -174,6 +178,28 @@ def test_estimation_sets_hold_the_split_the_mirrored_real_eyes_and_the_refined_c
     evaluation_only = load_gaze_data(get_config([f"--data_dir={root / 'data'}", "--task=estimation",
                                                  "--is_train=False", "--load_path=x"])).estimation_sets((35, 55, 1), 4)
     assert evaluation_only.training is None and len(evaluation_only.test[0]) == NUM_REAL
+
+
+def test_the_estimator_learns_the_gaze_better_than_predicting_the_mean_gaze(tmp_path):
+    """On the sample's real eyes, after 150 steps on 180 synthetic crops (at 21x33: seconds, not minutes).
+
+    An estimator that does not learn, a loss that ignores the labels, or real labels that do not belong to
+    their images all stay at the mean gaze's error or above (measured: about 17 degrees, the trained one 12).
+    """
+    write_sample(tmp_path / "gaze", num_synthetic=200, num_real=100, seed=4, workers=1)
+    config = get_config([f"--data_dir={tmp_path}", "--task=estimation", "--batch_size=16", "--input_height=21",
+                         "--input_width=33", f"--log_dir={tmp_path / 'logs'}"])
+    sets = load_gaze_data(config).estimation_sets((21, 33, 1), 16)
+    keras.utils.set_random_seed(0)
+    trainer = EstimatorTrainer(config, run_paths(config), sets, GAZE_ESTIMATION)
+    batches = iter(sets.training_batches(16, seed=0))
+    for _ in range(150):
+        trainer.train_step(*next(batches))
+    errors = trainer.errors(sets.test_batches(64))[:, 0]
+    real_gaze = np.concatenate([gaze for _, gaze in sets.test_batches(64)])
+    mean_gaze = np.broadcast_to(np.mean(sets.training[1], axis=0), real_gaze.shape)
+    baseline = angular_error(mean_gaze, real_gaze).numpy()
+    assert np.mean(errors) < 0.85 * np.mean(baseline), (np.mean(errors), np.mean(baseline))
 
 
 # ---------------------------------------------------------------- the command line

@@ -78,3 +78,17 @@ def test_modules_stay_small_and_hold_one_trainer_at_most(path):
     trainers = [node.name for node in ast.walk(ast.parse(source))
                 if isinstance(node, ast.ClassDef) and node.name.endswith("Trainer")]
     assert len(trainers) <= 1, f"{path} holds {trainers}"
+
+
+def test_every_data_set_has_its_loader_and_estimation_task_in_one_table():
+    import main
+    from config import DATA_SET_DEFAULTS
+    from data.data_set import DataSet
+    from model import EstimationTask
+    assert list(main.DATA_SETS) == list(DATA_SET_DEFAULTS)  # --data_set's choices
+    for name, (load, task) in main.DATA_SETS.items():
+        assert load.__module__ == f"data.{name}_data" and isinstance(task, EstimationTask)
+    from data.gaze_data import GazeData
+    from data.hand_data import HandData
+    assert issubclass(GazeData, DataSet) and issubclass(HandData, DataSet)
+    assert not GazeData.__abstractmethods__ and not HandData.__abstractmethods__  # the whole contract kept
