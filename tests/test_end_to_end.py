@@ -91,6 +91,41 @@ def test_resume_continues_the_counters_without_pretraining_again(run):
     assert "10.png" in os.listdir(root / "samples" / name)
 
 
+def trained_refiner(root, name):
+    """The run's refiner from its latest checkpoint, computing in float32 whatever precision trained it."""
+    keras.mixed_precision.set_global_policy("float32")  # as main_in_process leaves it; pinned, never `auto`'s
+    refiner = load_refiner(tf.train.latest_checkpoint(str(root / "logs" / name)), (35, 55, 1))
+    assert {layer.compute_dtype for layer in refiner.layers} == {"float32"}
+    return refiner
+
+
+def network_inputs(paths):
+    """Image files as test mode must feed them to the refiner: grey, resized as TF 0.12 did (bilinear,
+    no antialiasing, no half-pixel centres) to 35x55, in [-1, 1]. (N, 35, 55, 1) float32."""
+    images = []
+    for path in paths:
+        pixels = tf.io.decode_image(tf.io.read_file(str(path)), channels=1, expand_animations=False)
+        images.append(tf.raw_ops.ResizeBilinear(images=tf.cast(pixels, tf.float32)[None], size=(35, 55),
+                                                align_corners=False, half_pixel_centers=False)[0])
+    return np.stack(images) / 127.5 - 1.0
+
+
+def assert_written_by(refiner, inputs, outputs):
+    """Each written PNG is refiner(its input) quantised to uint8, within 1, and differs from its input.
+
+    The second check makes the first tell: a test mode that wrote its inputs unrefined fails it, and a
+    refiner with other weights (untrained ones) misses the first by far more than 1.
+    """
+    images = network_inputs(inputs)
+    expected = np.clip(np.rint((refiner(images).numpy()[..., 0].astype(np.float64) + 1.0) * 127.5), 0, 255)
+    unrefined = np.clip(np.rint((images[..., 0].astype(np.float64) + 1.0) * 127.5), 0, 255)
+    for index, output in enumerate(outputs):
+        with Image.open(output) as image:
+            written = np.asarray(image, dtype=np.float64)
+        assert np.abs(written - expected[index]).max() <= 1, f"{output} is not the trained refiner's output"
+        assert np.abs(written - unrefined[index]).mean() > 2, f"{output} is its input, not refined"
+
+
 def test_refine_writes_one_image_per_crop(run):
     root, folders, name, _ = run
     result = main_in_process(*folders, "--is_train=False", f"--load_path={name}", "--batch_size=5")
@@ -101,15 +136,19 @@ def test_refine_writes_one_image_per_crop(run):
     assert sorted(file.replace("_cropped", "_refined") for file in crops) == outputs
     with Image.open(root / "outputs" / name / outputs[0]) as image:
         assert image.size == (55, 35) and image.mode == "L"
+    crop_paths = [root / "data" / "gaze" / "UnityEyes" / file.replace("_refined", "_cropped") for file in outputs]
+    assert_written_by(trained_refiner(root, name), crop_paths, [root / "outputs" / name / file for file in outputs])
 
 
 def test_training_leaves_both_exports_with_the_refiners_numbers(run):
     root, _, name, _ = run
     model_dir = root / "logs" / name
-    refiner = load_refiner(tf.train.latest_checkpoint(str(model_dir)), (35, 55, 1))
+    refiner = trained_refiner(root, name)
     images = np.random.default_rng(1).uniform(-1, 1, (2, 35, 55, 1)).astype(np.float32)
     exported = keras.models.load_model(model_dir / "refiner.keras")
-    np.testing.assert_allclose(exported(images).numpy(), refiner(images).numpy().astype(np.float32), atol=0.05)
+    assert {layer.compute_dtype for layer in exported.layers} == {"float32"}  # whatever precision trained it
+    # The same float32 weights computing in float32 on both sides: equal up to float32 rounding.
+    np.testing.assert_allclose(exported(images).numpy(), refiner(images).numpy(), rtol=0, atol=1e-5)
     assert (model_dir / "refiner_saved_model" / "saved_model.pb").is_file()
 
 
@@ -131,6 +170,9 @@ def test_refine_a_folder_of_any_eye_images_with_the_keras_file(run, tmp_path):
     for output in outputs:
         with Image.open(tmp_path / "out" / name / output) as image:
             assert image.size == (55, 35) and image.mode == "L"
+    sources = sorted(inputs, key=lambda file_name: f"{os.path.splitext(file_name)[0]}_refined.png")
+    assert_written_by(trained_refiner(root, name), [tmp_path / file_name for file_name in sources],
+                      [tmp_path / "out" / name / output for output in outputs])
 
 
 def test_refine_without_a_checkpoint_is_one_clear_error(run):

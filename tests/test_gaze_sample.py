@@ -121,7 +121,8 @@ def unityeyes_format_errors(info):
     return errors
 
 
-@pytest.mark.skipif(not REAL_UNITYEYES.is_dir(), reason="the real UnityEyes files (../shared/real/unityeyes) are absent")
+@pytest.mark.skipif(not REAL_UNITYEYES.is_dir(), reason=f"real UnityEyes renders not found at {REAL_UNITYEYES}: "
+                    "the check that the sample's JSON keeps their format is skipped")
 def test_the_formats_hold_for_real_unityeyes_files():
     files = sorted(REAL_UNITYEYES.glob("*/*.json"))
     assert len(files) == 120

@@ -83,9 +83,12 @@ def test_every_frame_of_the_mat_is_cropped_with_its_joints_inside(hand_root, tmp
 
 def test_the_synthetic_background_and_the_far_wall_become_one_value(hand_root, tmp_path):
     synthetic, real = load_split(str(copy_of(hand_root, tmp_path) / "hand"), "train", SIZE)
-    for images in (every_row(synthetic.images), every_row(real.images)):
-        assert (images == BACKGROUND).any() and (images < BACKGROUND).any()
-    assert (every_row(synthetic.images)[:, 0, 0] == BACKGROUND).all()  # a corner: outside the hand
+    for kind, crops in (("synthetic", synthetic), ("real", real)):  # each kind once
+        images = every_row(crops.images)
+        assert (images < BACKGROUND).any(), kind  # the hand, in the slab
+        assert images.max() == BACKGROUND, kind   # beyond the slab: one value, nothing above it
+        # A corner, outside the hand: the synthetic frames' empty background, the real frames' far wall.
+        assert (images[:, 0, 0] == BACKGROUND).all(), kind
 
 
 def test_the_background_stays_off_the_refiners_tanh_asymptote():

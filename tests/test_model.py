@@ -1,12 +1,21 @@
 """Network shapes and the losses on hand-computed tensors."""
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import (build_discriminator, build_refiner, discriminator_losses, patch_cross_entropy,
+from model import (build_discriminator, build_estimator, build_refiner, discriminator_losses, patch_cross_entropy,
                    refiner_losses, self_regularization)
+
+EYE = (35, 55, 1)  # the paper's gaze input: 35x55 grayscale
+
+
+def layer_table(model):
+    """[(name, output shape without the batch, parameters)] of every layer but the input, in order."""
+    return [(layer.name, tuple(layer.output.shape[1:]), layer.count_params())
+            for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
 def test_refiner_keeps_the_image_shape_and_range():
@@ -90,3 +99,70 @@ def test_the_hand_refiners_blocks_start_as_identities_and_the_eye_refiners_do_no
     assert all(not np.any(hand.get_layer(f"block{i}_conv2").get_weights()[0]) for i in range(10))
     gaze = build_refiner((35, 55, 1))  # the original's Xavier everywhere
     assert all(np.any(gaze.get_layer(f"block{i}_conv2").get_weights()[0]) for i in range(4))
+
+
+# ---- the gaze networks, layer by layer, from the paper's appendix (Shrivastava et al. 2017) on 35x55x1.
+# Parameters of a convolution: kernel height * width * input maps * output maps + one bias per output map.
+# 'SAME' convolutions (SPEC) keep H x W at stride 1 and make ceil(H / 2) x ceil(W / 2) at stride 2.
+
+
+def test_the_gaze_refiner_follows_the_paper_layer_by_layer():
+    # 3x3 conv to 64, 4 ResNet blocks (two 3x3 convs of 64 each, the block's input added), 1x1 conv to 1, tanh.
+    conv_in = 3 * 3 * 1 * 64 + 64             # 640
+    block_conv = 3 * 3 * 64 * 64 + 64         # 36928
+    conv_out = 1 * 1 * 64 * 1 + 1             # 65
+    expected = [("conv_in", (35, 55, 64), conv_in)]
+    for index in range(4):
+        expected += [(f"block{index}_conv1", (35, 55, 64), block_conv), (f"block{index}_conv2", (35, 55, 64), block_conv),
+                     (f"block{index}_add", (35, 55, 64), 0), (f"block{index}_relu", (35, 55, 64), 0)]
+    expected.append(("conv_out", (35, 55, 1), conv_out))
+    refiner = build_refiner(EYE)
+    assert layer_table(refiner) == expected
+    assert refiner.count_params() == conv_in + 4 * 2 * block_conv + conv_out == 296129
+    assert [layer.kernel_size for layer in refiner.layers if isinstance(layer, keras.layers.Conv2D)] == \
+        [(3, 3)] * 9 + [(1, 1)]
+    assert all(layer.strides == (1, 1) for layer in refiner.layers if isinstance(layer, keras.layers.Conv2D))
+    assert refiner.get_layer("conv_out").activation.__name__ == "tanh"
+    # The skip: block0_add adds the block's input (conv_in's output) and its second convolution.
+    assert [node.name for node in refiner.get_layer("block0_add").input] == [
+        refiner.get_layer("conv_in").output.name, refiner.get_layer("block0_conv2").output.name]
+
+
+def test_the_gaze_discriminator_follows_the_paper_layer_by_layer():
+    # conv 3x3/2 to 96, conv 3x3/2 to 64, max-pool 3x3/1, conv 3x3 to 32, conv 1x1 to 32, conv 1x1 to 2, softmax.
+    # 35x55 -> ceil(35/2) x ceil(55/2) = 18x28 -> 9x14 -> unpadded 3x3 pool at stride 1: (9-2) x (14-2) = 7x12.
+    expected = [("conv1", (18, 28, 96), 3 * 3 * 1 * 96 + 96),     # 960
+                ("conv2", (9, 14, 64), 3 * 3 * 96 * 64 + 64),     # 55360
+                ("pool", (7, 12, 64), 0),
+                ("conv3", (7, 12, 32), 3 * 3 * 64 * 32 + 32),     # 18464
+                ("conv4", (7, 12, 32), 1 * 1 * 32 * 32 + 32),     # 1056
+                ("logits", (7, 12, 2), 1 * 1 * 32 * 2 + 2)]       # 66
+    discriminator = build_discriminator(EYE)
+    assert layer_table(discriminator) == expected
+    assert discriminator.count_params() == 960 + 55360 + 18464 + 1056 + 66 == 75906
+    pool = discriminator.get_layer("pool")
+    assert pool.pool_size == (3, 3) and pool.strides == (1, 1)
+    assert [discriminator.get_layer(name).strides for name in ("conv1", "conv2", "conv3", "conv4", "logits")] == \
+        [(2, 2), (2, 2), (1, 1), (1, 1), (1, 1)]
+    # The paper's softmax is in the loss: the two logits of a patch are softmaxed there (see the tests above).
+
+
+def test_the_gaze_estimator_follows_the_paper_layer_by_layer():
+    # conv 3x3 to 32, 32, 64, max-pool 3x3/2, conv 3x3 to 80, 192, max-pool 2x2/2, FC 9600, FC 1000, FC 3.
+    # Unpadded: a 3x3 conv takes 2 off H and W, a 3x3/2 pool makes floor((n - 3) / 2) + 1, a 2x2/2 pool n // 2;
+    # the paper's "9600" is the flattened last map, 5 * 10 * 192 (see build_estimator).
+    expected = [("conv1", (33, 53, 32), 3 * 3 * 1 * 32 + 32),          # 320
+                ("conv2", (31, 51, 32), 3 * 3 * 32 * 32 + 32),         # 9248
+                ("conv3", (29, 49, 64), 3 * 3 * 32 * 64 + 64),         # 18496
+                ("pool1", ((29 - 3) // 2 + 1, (49 - 3) // 2 + 1, 64), 0),  # 14x24
+                ("conv4", (12, 22, 80), 3 * 3 * 64 * 80 + 80),         # 46160
+                ("conv5", (10, 20, 192), 3 * 3 * 80 * 192 + 192),      # 138432
+                ("pool2", (5, 10, 192), 0),
+                ("flatten", (5 * 10 * 192,), 0),                       # 9600
+                ("fc", (1000,), 9600 * 1000 + 1000),                   # 9601000
+                ("gaze", (3,), 1000 * 3 + 3)]                          # 3003
+    estimator = build_estimator(EYE)
+    assert layer_table(estimator) == expected
+    assert estimator.count_params() == 320 + 9248 + 18496 + 46160 + 138432 + 9601000 + 3003 == 9816659
+    assert [estimator.get_layer(name).pool_size for name in ("pool1", "pool2")] == [(3, 3), (2, 2)]
+    assert [estimator.get_layer(name).strides for name in ("pool1", "pool2")] == [(2, 2), (2, 2)]

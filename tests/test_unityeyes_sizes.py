@@ -77,7 +77,8 @@ def test_a_crop_cut_by_the_fixed_box_from_another_size_is_remade(tmp_path):
     assert prepare_crops(tmp_path, workers=1).remade == []
 
 
-@pytest.mark.skipif(not REAL_FRAMES.is_dir(), reason="the real UnityEyes frames (../shared/real/unityeyes) are absent")
+@pytest.mark.skipif(not REAL_FRAMES.is_dir(), reason=f"real UnityEyes renders not found at {REAL_FRAMES}: the check "
+                    "that the scaled crop box keeps the eyelids of real 800x600 frames is skipped")
 def test_real_800x600_frames_keep_their_eyelids_in_the_crop(tmp_path):
     for json_path in REAL_FRAMES.glob("*/*.json"):
         stem = f"{json_path.parent.name}_{json_path.stem}"  # names repeat across the population folders
