@@ -11,7 +11,12 @@ import tensorflow as tf
 
 
 class HistoryBuffer(tf.Module):
-    """Up to `capacity` refined images; push appends until full, then overwrites at random."""
+    """Up to `capacity` refined images, as the original's: push appends whole batches while they fit; from
+    the first batch that does not, each push replaces half a batch of random filled slots.
+
+    The slots past the last whole batch stay empty (buffer_size 25600 holds 50 batches of 512; 100 of 500
+    would hold 51 and leave 100 slots unused), and sample() draws from the filled ones only.
+    """
 
     def __init__(self, capacity, image_shape, batch_size, seed):
         super().__init__(name="history_buffer")
@@ -24,17 +29,20 @@ class HistoryBuffer(tf.Module):
 
     @tf.function
     def push(self, batch):
-        """Store a batch of refined images: appended while there is room, else half a batch replaces random slots."""
+        """Store a batch of refined images: appended whole while size + len(batch) <= capacity; otherwise
+        half a batch of slots drawn from the filled ones [0, size) take images drawn from the batch (both
+        with replacement, as the original's numpy rng.choice)."""
         batch = tf.cast(batch, tf.float32)
         count = tf.shape(batch)[0]
-        free = self.capacity - self.size
-        if free > 0:
-            stored = tf.minimum(count, free)
-            slots = self.size + tf.range(stored)
-            self.images.scatter_nd_update(slots[:, None], batch[:stored])
-            self.size.assign_add(stored)
+        if self.size + count <= self.capacity:
+            slots = self.size + tf.range(count)
+            self.images.scatter_nd_update(slots[:, None], batch)
+            self.size.assign_add(count)
         else:
-            slots = self.rng.uniform([self.half_batch], 0, self.capacity, dtype=tf.int32)
+            # Empty here only for a batch larger than the buffer, which the configuration refuses.
+            check = tf.debugging.assert_positive(self.size, message="a batch larger than the empty history buffer")
+            with tf.control_dependencies([check]):
+                slots = self.rng.uniform([self.half_batch], 0, self.size, dtype=tf.int32)
             picks = self.rng.uniform([self.half_batch], 0, count, dtype=tf.int32)
             self.images.scatter_nd_update(slots[:, None], tf.gather(batch, picks))
 
