@@ -17,6 +17,7 @@ MIN_ESTIMATOR_INPUT = 19
 # eyes; about 60 (batch 512) leave it near 15 degrees on synthetic and refined crops alike.
 MIN_ESTIMATOR_STEPS = 200     # fewer optimizer steps than this over --num_epochs: warn before training
 GOOD_ESTIMATOR_STEPS = 300    # what the suggested --batch_size gives at least
+MIN_PROBE_IMAGES = 20         # of each kind, for the realism probe's five folds to hold a few of each
 
 
 # Flags whose default depends on --data_set (the paper's appendix: the hand networks take 224x224
@@ -114,6 +115,10 @@ def _build_parser():
 
     misc = parser.add_argument_group("Misc")
     misc.add_argument("--log_step", type=int, default=20, help="steps between summaries and sample grids")
+    misc.add_argument("--eval_step", type=int, default=500,
+                      help="refiner steps between the probes of refinement (probe/ in TensorBoard); 0: none")
+    misc.add_argument("--probe_images", type=int, default=256,
+                      help="synthetic and real images held out of training for the probes (at most a fifth of each)")
     misc.add_argument("--log_dir", default="logs", help="checkpoints, TensorBoard events and params.json go in LOG_DIR/NAME")
     misc.add_argument("--sample_dir", default="samples", help="sample grids go in SAMPLE_DIR/NAME")
     misc.add_argument("--output_dir", default="outputs", help="test mode writes refined images to OUTPUT_DIR/NAME")
@@ -158,9 +163,9 @@ def check_config(config):
             raise ConfigError(f"--{flag}={getattr(config, flag)}: {message}")
 
     for flag in ("input_height", "input_width", "input_channel", "batch_size", "buffer_size",
-                 "log_step", "checkpoint_secs", "max_image_summary", "num_epochs", "cpu_replicas"):
+                 "log_step", "checkpoint_secs", "max_image_summary", "num_epochs", "cpu_replicas", "probe_images"):
         require(getattr(config, flag) > 0, flag, "must be positive")
-    for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d"):
+    for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d", "eval_step"):
         require(getattr(config, flag) >= 0, flag, "must not be negative")
     if config.is_train and config.task == "generative":  # refining and the estimator: any batch size will do
         require(config.batch_size >= 2 and config.batch_size % 2 == 0, "batch_size",
@@ -208,10 +213,22 @@ def check_config_against_replicas(config, replicas):
         raise ConfigError(f"--batch_size={config.batch_size}: {why}; use a multiple of {share}")
 
 
+def probe_images(config, num_synthetic, num_real):
+    """How many synthetic and real images the probes hold out of training: 0 when they are off."""
+    if not (config.is_train and config.task == "generative" and config.eval_step):
+        return 0
+    count = min(config.probe_images, num_synthetic // 5, num_real // 5)
+    return count if count >= MIN_PROBE_IMAGES else 0
+
+
 def check_config_against_data(config, data):
     """The checks that need the data (its counts, nothing else): ConfigError before any network is built."""
     rows, cols = config.sample_image_grid
-    num_synthetic = data.num_synthetic
+    held_out = probe_images(config, data.num_synthetic, len(data.real_images))
+    if config.is_train and config.task == "generative" and config.eval_step and not held_out:
+        print(f"[!] --eval_step={config.eval_step}: no probes, the data sets are too small to hold out "
+              f"{MIN_PROBE_IMAGES} images of each (a fifth at most)")
+    num_synthetic = data.num_synthetic - held_out
     if config.is_train and config.task == "generative" and rows * cols > num_synthetic:
         raise ConfigError(f"--sample_image_grid={rows},{cols}: needs {rows * cols} test images but the "
                           f"synthetic set has {num_synthetic}")

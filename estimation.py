@@ -21,6 +21,7 @@ from checkpoints import CheckpointError, Checkpoints
 from config import image_shape
 from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
 from export import load_any_refiner
+from hparams import ESTIMATION_FLAGS, write_hparams
 from model import batch_mean, share_within
 from training_loop import Supervisor, make_optimizer, minimize, write_first_batch
 from utils import write_json
@@ -249,6 +250,8 @@ class EstimatorTrainer:
             for threshold, share in enumerate(within):  # the paper's plot: x-axis degrees or pixels, not steps
                 tf.summary.scalar(f"real/share_within_{unit}", share, step=threshold)
             tf.summary.text("real/evaluation", f"<pre>{table}</pre>", step=step)
+            write_hparams(self.config, ESTIMATION_FLAGS, (f"real/{name}", f"real/within_{marked}_{unit}"),
+                          trained_on=results["trained_on"])
             writer.flush()
 
     def _training_params(self):

@@ -12,12 +12,14 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from checkpoints import Checkpoints
-from config import image_shape
+from config import image_shape, probe_images
 from data.history_buffer import HistoryBuffer
-from export import RefinerExporter
 from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
+from export import RefinerExporter
+from hparams import GENERATIVE_FLAGS, write_hparams
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
                    self_regularization)
+from probes import METRICS as PROBE_METRICS, Probes
 from training_loop import Supervisor, apply_gradients, make_optimizer, minimize
 from utils import denormalize, img_tile, save_image
 
@@ -30,6 +32,12 @@ def micro_batches(batch_size, image_shape=(35, 55, 1)):
     """Equal parts a replica's batch is split into, each of at most MICRO_BATCH_PIXELS pixels (or one image)."""
     most = max(1, MICRO_BATCH_PIXELS // (image_shape[0] * image_shape[1]))
     return next(parts for parts in range(1, batch_size + 1) if batch_size % parts == 0 and batch_size // parts <= most)
+
+
+def pushes_history(step, initial_K_g):
+    """Whether refiner warm-up step `step` (0-based) pushes its refined batch, as the original's rule:
+    steps past 90% of initial_K_g (901..999 of 1000; none for 10 or fewer)."""
+    return step > initial_K_g * 0.9
 
 
 class Trainer:
@@ -173,6 +181,7 @@ class Trainer:
     def train(self):
         """Warm up the refiner, then the discriminator, then alternate; resumable at any point."""
         self.restore()
+        self.probes = self._hold_out_for_probes()  # before the streams open: they must not draw these
         self._open_batches(self.config.random_seed + self.global_step)  # a resumed run continues with fresh batches
         rows, cols = self.config.sample_image_grid  # fixed images: every sample grid is comparable
         self.test_images = self.data.test_images(self.image_shape, rows * cols)
@@ -180,6 +189,8 @@ class Trainer:
                                else tf.summary.create_noop_writer())
         supervisor = Supervisor(self.config, self.checkpoints, self.strategy)
         with self.summary_writer.as_default(), supervisor as self.supervisor:
+            if self.chief:
+                write_hparams(self.config, GENERATIVE_FLAGS, PROBE_METRICS)
             for phase in (self._warm_up_refiner, self._warm_up_discriminator, self._train_adversarially):
                 if not phase():
                     break
@@ -203,12 +214,11 @@ class Trainer:
         self.real_batches = stream(data.real_batches, batch, seed)
 
     def _warm_up_refiner(self):
-        """`initial_K_g` refiner steps on self-regularization; the last 10% fill the history buffer."""
+        """`initial_K_g` refiner steps on self-regularization; those after 90% of them fill the history buffer."""
         total, done = self.config.initial_K_g, int(self.refiner_optimizer.iterations.numpy())
-        fill_from = total - max(1, total // 10)
         for step in tqdm(range(done, total), desc="Train refiner", initial=done, total=total):
             losses, refined = self.warm_up_refiner_step(next(self.synthetic_batches))
-            if step >= fill_from:
+            if pushes_history(step, total):
                 self.history_buffer.push(refined)
             self._log_refiner(losses)
             if not self.supervisor.checkpoint_and_continue(self.global_step):
@@ -232,7 +242,7 @@ class Trainer:
         A run stops or checkpoints only between whole iterations, so a resumed run repeats none.
         """
         total, done = self.config.max_step, int(self.step.numpy())
-        if done < total:
+        if done < total and self.config.K_g == 0:  # otherwise each iteration pushes before it samples
             self._ensure_history()
         for _ in tqdm(range(done, total), desc="Train both", initial=done, total=total):
             for _ in range(self.config.K_g):
@@ -253,16 +263,34 @@ class Trainer:
         self.supervisor.log(losses, int(self.discriminator_optimizer.iterations.numpy()))
 
     def _log_refiner(self, losses):
-        """The refiner's scalars, test images and sample grid, on the refiner's counter (the original's axes)."""
-        self.supervisor.log({f"refiner/{name}": value for name, value in losses.items()},
-                      int(self.refiner_optimizer.iterations.numpy()), self._write_samples if self.chief else None)
+        """The refiner's scalars, test images and sample grid, and the probes every eval_step, on the refiner's
+        counter (the original's axes)."""
+        step = int(self.refiner_optimizer.iterations.numpy())
+        self.supervisor.log({f"refiner/{name}": value for name, value in losses.items()}, step,
+                            self._write_samples if self.chief else None)
+        if self.probes is not None and step % self.config.eval_step == 0:
+            self.probes.write(self.refine, step)
 
     def _ensure_history(self):
-        """With no refiner warm-up the buffer is empty; seed it with one refined batch."""
+        """A discriminator step before any push (initial_K_g <= 10, or K_g = 0) would find the buffer empty,
+        where the original crashed: seed it with one refined batch."""
         if len(self.history_buffer) == 0:
             self.history_buffer.push(self.refine(local_batch(self.strategy, next(self.synthetic_batches))))
 
-    # ---- summaries, samples, checkpoints ----
+    # ---- summaries, samples, probes, checkpoints ----
+
+    def _hold_out_for_probes(self):
+        """The probes' images, held out of the training streams on every worker; the chief's Probes, else None."""
+        count = probe_images(self.config, self.data.num_synthetic, len(self.data.real_images))
+        if not count:
+            return None
+        synthetic, real = self.data.hold_out(count, self.image_shape, self.config.random_seed)
+        if not self.chief:
+            return None
+        tqdm.write(f"[*] Probes every {self.config.eval_step} refiner steps, on {count} synthetic and {count} real "
+                   f"images held out of training (probe/ in TensorBoard)")
+        refine_batch = max(1, self.replica_batch // self.micro_batches)  # the activations of one training micro-batch
+        return Probes(synthetic, real, self.data.label_positions, refine_batch, self.config.random_seed)
 
     def _write_samples(self, refiner_step):
         """The test images refined now: an image summary and SAMPLE_DIR/NAME/{refiner_step}.png.

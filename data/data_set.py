@@ -9,6 +9,8 @@ of .npy files read by index) and reach the networks a batch at a time, in [-1, 1
 import abc
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from data.pipelines import array_batches
 
 
@@ -47,6 +49,15 @@ class DataSet(abc.ABC):
     def test_images(self, input_shape, count):
         """The first `count` synthetic images: the sample grids' fixed inputs."""
 
+    @abc.abstractmethod
+    def hold_out(self, count, input_shape, seed):
+        """Take `count` synthetic and `count` real images, chosen with seed, out of what the training batches
+        draw, for the probes (probes.py): (synthetic, real), each (count, H, W, C) in [-1, 1]."""
+
+    @abc.abstractmethod
+    def label_positions(self, pixels):
+        """(N, 2) (x, y) in pixels: where a cheap proxy of each uint8 image's label lies (the probes watch it)."""
+
     @property
     @abc.abstractmethod
     def estimation_sizes(self):
@@ -57,6 +68,12 @@ class DataSet(abc.ABC):
     def estimation_sets(self, input_shape, batch_size, refine=None):
         """The estimation task's EstimationSets; the training (and validation) images refined once, a batch
         at a time into temporary files, when refine (images -> refined images) is given."""
+
+
+def held_out_indices(total, count, seed):
+    """(held out, kept): sorted indices of count items of total chosen with seed, and of the others."""
+    held = np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
+    return held, np.setdiff1d(np.arange(total), held)
 
 
 @dataclass

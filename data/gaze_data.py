@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from data import mpiigaze, unityeyes
-from data.data_set import DataSet, EstimationSets
+from data.data_set import DataSet, EstimationSets, held_out_indices
 from data.download import fetch_mpiigaze
-from data.gaze_labels import as_left_eyes, label_crops, split_by_file
+from data.gaze_labels import as_left_eyes, label_crops, pupil_positions, split_by_file
 from data.gaze_sample import write_sample
 from data.image_folder import is_image, is_plain_image_folder, readable_images
-from data.pipelines import crops_on_disk, synthetic_dataset
+from data.npy_file import RowSubset
+from data.pipelines import crops_on_disk, synthetic_dataset, to_network_input
 from data.reports import DataError, report_skipped, summary
 from data.sample_staging import use_bundled_sample
 
@@ -60,9 +61,23 @@ class GazeData(DataSet):
     def named_synthetic_batches(self, names, input_shape, batch_size):
         return synthetic_dataset(names, input_shape, batch_size, 0, training=False)
 
-    def test_images(self, input_shape, count):
-        images, _ = next(iter(synthetic_dataset(self.synthetic_paths[:count], input_shape, count, 0, training=False)))
+    def test_images(self, input_shape, count, paths=None):
+        paths = self.synthetic_paths[:count] if paths is None else paths
+        images, _ = next(iter(synthetic_dataset(paths, input_shape, count, 0, training=False)))
         return images
+
+    def hold_out(self, count, input_shape, seed):
+        held, kept = held_out_indices(len(self.synthetic_paths), count, seed)
+        synthetic = self.test_images(input_shape, count, [self.synthetic_paths[index] for index in held])
+        self.synthetic_paths = [self.synthetic_paths[index] for index in kept]
+        held, kept = held_out_indices(len(self.real_images), count, seed + 1)
+        real = to_network_input(self.real_images[held], input_shape)
+        self.real_images = RowSubset(self.real_images, kept)
+        self.real_gaze, self.real_right_eye = self.real_gaze[kept], self.real_right_eye[kept]
+        return np.asarray(synthetic), np.asarray(real)
+
+    def label_positions(self, pixels):
+        return pupil_positions(pixels)
 
     @property
     def estimation_sizes(self):

@@ -29,10 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data import nyu
-from data.data_set import DataSet, EstimationSets
+from data.data_set import DataSet, EstimationSets, held_out_indices
 from data.hand_sample import is_complete_hand_sample, is_hand_sample, write_hand_sample
 from data.sample_staging import use_bundled_sample
-from data.npy_file import npz_member_rows, read_rows, temporary_rows, write_rows, write_temporary_rows
+from data.npy_file import RowSubset, npz_member_rows, read_rows, temporary_rows, write_rows, write_temporary_rows
 from data.pipelines import array_batches, to_network_input
 from data.reports import DataError, report_skipped
 from utils import atomic_write, default_workers, denormalize
@@ -59,20 +59,6 @@ class DepthCrops:
 
     def __len__(self):
         return len(self.images)
-
-
-class RowSubset:
-    """Some rows of an image array (NpyRows or numpy), by index, without copying them: rows[i] reads only those."""
-
-    def __init__(self, rows, indices):
-        self.rows, self.indices = rows, np.asarray(indices, np.int64)
-        self.shape, self.dtype = (len(self.indices), *rows.shape[1:]), rows.dtype
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, index):
-        return self.rows[self.indices[index]]
 
 
 @dataclass
@@ -109,6 +95,23 @@ class HandData(DataSet):
 
     def test_images(self, input_shape, count):
         return to_network_input(self.synthetic.images[np.arange(min(count, len(self.synthetic)))], input_shape)
+
+    def hold_out(self, count, input_shape, seed):
+        held_out = []
+        for kind, kind_seed in (("synthetic", seed), ("real", seed + 1)):
+            crops = getattr(self, kind)
+            held, kept = held_out_indices(len(crops), count, kind_seed)
+            held_out.append(to_network_input(crops.images[held], input_shape))
+            setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
+        return tuple(held_out)
+
+    def label_positions(self, pixels):
+        """The hand's centre: the mean position of the pixels nearer than the background."""
+        depth = np.asarray(pixels, np.float32)
+        hand = (depth.mean(axis=-1) if depth.ndim == 4 else depth) < BACKGROUND
+        rows, cols = np.mgrid[:hand.shape[1], :hand.shape[2]]
+        mass = np.maximum(hand.sum(axis=(1, 2)), 1)
+        return np.stack([(hand * cols).sum(axis=(1, 2)) / mass, (hand * rows).sum(axis=(1, 2)) / mass], axis=1)
 
     @property
     def estimation_sizes(self):

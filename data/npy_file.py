@@ -189,3 +189,17 @@ def temporary_rows(folder, row_shape, dtype, make_batches, what):
     except OSError as error:
         print(f"[!] Cannot write {what} in {folder} ({error}): writing them to {tempfile.gettempdir()}")
         return write_temporary_rows(tempfile.gettempdir(), row_shape, dtype, make_batches())
+
+
+class RowSubset:
+    """Some rows of an image array (NpyRows or numpy), by index, without copying them: rows[i] reads only those."""
+
+    def __init__(self, rows, indices):
+        self.rows, self.indices = rows, np.asarray(indices, np.int64)
+        self.shape, self.dtype = (len(self.indices), *rows.shape[1:]), rows.dtype
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.rows[self.indices[index]]

@@ -1,10 +1,11 @@
 """Flags: the original's defaults, parsing without eval, and the up-front checks."""
 import types
 
+import numpy as np
 import pytest
 
 
-from config import ConfigError, check_config, check_config_against_data, get_config
+from config import ConfigError, check_config, check_config_against_data, get_config, probe_images
 
 ORIGINAL_DEFAULTS = {
     "kernel_dims": [], "stride_size": [], "channel_dims": [],
@@ -104,11 +105,12 @@ def test_test_mode_takes_any_batch_size():
 
 def data_counts(num_synthetic, *estimation_sizes):
     """What check_config_against_data reads of the data: its counts (estimation_sizes: training, validation)."""
-    return types.SimpleNamespace(num_synthetic=num_synthetic, estimation_sizes=estimation_sizes or None)
+    return types.SimpleNamespace(num_synthetic=num_synthetic, estimation_sizes=estimation_sizes or None,
+                                 real_images=np.zeros((1000, 1)))
 
 
 def test_a_sample_grid_larger_than_the_synthetic_set_is_caught():
-    config = get_config(["--sample_image_grid=3,3"])
+    config = get_config(["--sample_image_grid=3,3", "--eval_step=0"])
     check_config_against_data(config, data_counts(9))
     with pytest.raises(ConfigError, match=r"^--sample_image_grid=3,3: needs 9 test images .* has 8$"):
         check_config_against_data(config, data_counts(8))
@@ -155,3 +157,16 @@ def test_the_hand_estimators_input_must_halve_evenly():
     with pytest.raises(ConfigError, match=r"--input_height=40: the hand estimator \(--estimator_depth=3\) needs a "
                                           r"multiple of 32"):
         check_config(config)
+
+
+def test_the_probes_hold_out_at_most_a_fifth_of_each_set_and_are_off_when_that_is_too_few(capsys):
+    config = get_config(["--probe_images=256"])
+    assert probe_images(config, 10000, 1000) == 200 and probe_images(config, 1000000, 1000000) == 256
+    assert probe_images(config, 99, 1000) == 0 and probe_images(get_config(["--eval_step=0"]), 10000, 10000) == 0
+    assert probe_images(get_config(["--task=estimation"]), 10000, 10000) == 0
+    check_config_against_data(get_config(["--sample_image_grid=10,10"]), data_counts(600))  # 480 left
+    with pytest.raises(ConfigError, match=r"^--sample_image_grid=10,10: needs 100 test images .* has 80$"):
+        check_config_against_data(get_config(["--sample_image_grid=10,10"]), data_counts(100))
+    assert capsys.readouterr().out == ""
+    check_config_against_data(get_config(["--sample_image_grid=2,2"]), data_counts(50))  # 10 of each: too few
+    assert capsys.readouterr().out.startswith("[!] --eval_step=500: no probes")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 from tensorboard.backend.event_processing import event_accumulator
 
 import main
@@ -15,7 +14,7 @@ from conftest import folder_flags, main_in_process
 from config import MIN_ESTIMATOR_INPUT, ConfigError, check_config, get_config
 from data import mpiigaze
 from data.gaze_data import load_gaze_data
-from data.gaze_labels import as_left_eyes, label_crops, look_vec_to_gaze, read_look_vec, split_by_file
+from data.gaze_labels import as_left_eyes, label_crops, look_vec_to_gaze, pupil_positions, read_look_vec, split_by_file
 from data.npy_file import NpyRows
 from data.pipelines import crops_on_disk, to_network_input
 from data.gaze_sample import write_sample
@@ -121,23 +120,14 @@ def sample(tmp_path_factory):
     return root, load_gaze_data(config)
 
 
-def pupil_columns(images):
-    """Column of the darkest spot (the pupil) of each image, from the image centre."""
-    images = np.asarray(images, np.float32)
-    width = images.shape[2]
-    middle = images[:, images.shape[1] // 5: 4 * images.shape[1] // 5, width // 6: 5 * width // 6]
-    columns = [np.unravel_index(np.argmin(gaussian_filter(image, 1.5)), image.shape)[1] for image in middle]
-    return np.array(columns) + width // 6 - width / 2
-
-
 def test_the_pupil_moves_with_gaze_x_in_both_domains(sample):
     """The conventions on the pixels: after conversion, gaze x > 0 puts the pupil on the image right in both."""
     root, data = sample
     paths, gaze = label_crops(data.synthetic_paths)
     crops = crops_on_disk(paths, (35, 55, 1), 8, str(root))[np.arange(len(paths))][..., 0]
-    assert np.corrcoef(pupil_columns(crops), gaze[:, 0])[0, 1] > 0.8
+    assert np.corrcoef(pupil_positions(crops)[:, 0], gaze[:, 0])[0, 1] > 0.8
     real, real_gaze = as_left_eyes(data.real_images[np.arange(NUM_REAL)], data.real_gaze, data.real_right_eye)
-    assert np.corrcoef(pupil_columns(real), real_gaze[:, 0])[0, 1] > 0.8
+    assert np.corrcoef(pupil_positions(real)[:, 0], real_gaze[:, 0])[0, 1] > 0.8
     # The raw look_vec y points up; the pupil's row (down) follows the converted y, not the raw one.
     assert np.allclose(gaze[:, 1], -np.array([read_look_vec(path)[1] for path in paths]), atol=1e-3)
 
@@ -236,7 +226,8 @@ def test_training_writes_tensorboard_summaries_and_the_training_images(trained):
     events = event_accumulator.EventAccumulator(str(root / "logs" / name), size_guidance={"tensors": 0})
     events.Reload()
     assert {"estimator/loss", "estimator/angular_error", "validation/angular_error", "real/angular_error",
-            "real/within_7_degrees", "real/share_within_degrees", "estimator/training_images"} <= set(
+            "real/within_7_degrees", "real/share_within_degrees", "estimator/training_images",
+            "_hparams_/experiment", "_hparams_/session_start_info"} <= set(
         events.Tags()["tensors"])
     assert [event.step for event in events.Tensors("real/share_within_degrees")] == list(range(26))
     with Image.open(root / "samples" / name / "training_images.png") as grid:

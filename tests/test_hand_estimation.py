@@ -116,7 +116,7 @@ def test_training_writes_a_checkpoint_the_evaluation_and_summaries(trained):
     assert written["trained_on"] == "refined" and written["real_images"] == 24 and written["joints"] == JOINTS
     assert (trained.root / "samples" / "estimation_hand" / "training_images.png").is_file()
     assert {"estimator/loss", "estimator/joint_error", "estimator/training_images", "real/joint_error",
-            "real/evaluation"} <= set(read_events(trained.model_dir).Tags()["tensors"])
+            "real/evaluation", "_hparams_/session_start_info"} <= set(read_events(trained.model_dir).Tags()["tensors"])
     assert {step for step, _ in read_scalars(trained.model_dir, "real/share_within_pixels")} == set(range(21))
     assert {step for step, _ in read_scalars(trained.model_dir, "real/within_5_pixels")} == {160}  # both evaluations, of the same weights
 

@@ -1,0 +1,164 @@
+"""The probes' numbers on cases whose answers are known."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import folder_flags, main_in_process
+from data.gaze_labels import pupil_positions
+from data.gaze_sample import write_sample
+from data.hand_data import BACKGROUND, HandData
+from probes import grey_level_change, image_statistics, label_shift, realism_accuracy, statistics_distance
+
+
+def eyes(count, seed, brightness=120.0, noise=20.0):
+    """Grey 35x55 'eyes' with a dark pupil at a random place, plus noise: uint8 (count, 35, 55, 1)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:35, :55]
+    centres = rng.uniform([12, 18], [23, 37], (count, 2))
+    distance = np.hypot(rows - centres[:, 0, None, None], cols - centres[:, 1, None, None])
+    images = brightness - 90 * (distance < 4) + rng.normal(0, noise, (count, 35, 55))
+    return np.clip(images, 0, 255).astype(np.uint8)[..., None], centres
+
+
+def test_two_halves_of_one_set_cannot_be_told_apart():
+    images, _ = eyes(200, seed=1)
+    accuracy = realism_accuracy(images[:100], images[100:], seed=0)
+    assert 0.35 <= accuracy <= 0.65, accuracy
+
+
+def test_a_constant_image_is_always_told_from_real_ones():
+    images, _ = eyes(60, seed=2)
+    constant = np.full_like(images, 120)
+    assert realism_accuracy(constant, images, seed=0) == 1.0
+
+
+def test_the_further_from_real_the_better_the_images_are_told_apart():
+    real, _ = eyes(80, seed=3, noise=10)
+    accuracies = [realism_accuracy(eyes(80, seed=4, noise=noise)[0], real) for noise in (10, 10.5, 11, 12)]
+    assert accuracies[0] < 0.6 < accuracies[1] < accuracies[2] < accuracies[3] == 1.0, accuracies
+
+
+def test_the_statistics_of_a_set_against_itself_are_zero_and_measure_a_shift_in_real_spreads():
+    images, _ = eyes(50, seed=6)
+    assert statistics_distance(images, images) == {"brightness": 0.0, "contrast": 0.0, "high_frequency": 0.0,
+                                                   "distance": 0.0}
+    brighter = images.astype(np.float64) + 10  # no clipping: the images lie well inside 0..255 on average
+    spread = np.std(image_statistics(images)["brightness"])
+    distances = statistics_distance(brighter, images)
+    assert distances["brightness"] == pytest.approx(10 / spread, rel=0.05)
+    assert distances["contrast"] < 0.2 and distances["distance"] == pytest.approx(
+        np.sqrt(sum(distances[name] ** 2 for name in ("brightness", "contrast", "high_frequency")) / 3))
+
+
+def test_high_frequency_energy_grows_with_noise_and_not_with_a_smooth_gradient():
+    flat = np.full((1, 20, 20), 100.0)
+    gradient = flat + np.linspace(0, 50, 20)[None, None, :]
+    noisy = flat + np.random.default_rng(0).normal(0, 10, (1, 20, 20))
+    energy = {name: image_statistics(images)["high_frequency"][0]
+              for name, images in (("flat", flat), ("gradient", gradient), ("noisy", noisy))}
+    assert energy["flat"] == 0 and energy["gradient"] < 1 < 5 < energy["noisy"]
+
+
+def test_the_pupil_is_found_and_its_move_is_the_label_shift():
+    images, centres = eyes(20, seed=7, noise=2)
+    found = pupil_positions(images)
+    np.testing.assert_allclose(found[:, ::-1], centres, atol=1.0)  # (x, y) against (row, col)
+    moved = np.roll(images, 3, axis=2)  # three pixels to the right
+    assert label_shift(images, moved, pupil_positions) == pytest.approx(3.0, abs=0.5)
+    assert label_shift(images, images, pupil_positions) == 0
+
+
+def test_the_hand_centre_is_the_mean_position_of_the_hand_pixels():
+    crops = np.full((1, 20, 30), BACKGROUND, np.uint8)
+    crops[0, 4:8, 10:20] = 50  # rows 4..7, columns 10..19
+    data = HandData.__new__(HandData)  # label_positions reads no data
+    np.testing.assert_allclose(data.label_positions(crops[..., None]), [[14.5, 5.5]])
+
+
+def test_grey_level_change_is_the_mean_absolute_difference():
+    images = np.zeros((2, 4, 4, 1), np.uint8)
+    changed = images.copy()
+    changed[0] = 8
+    assert grey_level_change(images, changed) == 4.0
+
+
+# ---- while training: the tags on the right steps, resumed, and none with --eval_step=0
+
+SCHEDULE = ["--initial_K_g=4", "--initial_K_d=1", "--K_g=1", "--K_d=1", "--batch_size=4", "--buffer_size=8",
+            "--log_step=100", "--sample_image_grid=1,2", "--max_image_summary=1", "--checkpoint_secs=3600"]
+
+
+def events_of(model_dir):
+    events = event_accumulator.EventAccumulator(str(model_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return events
+
+
+def scalars(events, tag):
+    return [(event.step, float(tf.make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
+
+
+@pytest.fixture(scope="module")
+def sample_folders(tmp_path_factory):
+    """A sample large enough for probes: 20 of each kind held out (a fifth of 100)."""
+    root = tmp_path_factory.mktemp("probes")
+    write_sample(root / "data" / "gaze", num_synthetic=100, num_real=100, seed=3, workers=1)
+    return root, folder_flags(root / "data", root)
+
+
+@pytest.fixture(scope="module")
+def probed(sample_folders):
+    """Refiner steps 1..4 warm-up, 5..7 adversarial, probes at 2, 4 and 6; then resumed to step 9 (a probe at 8)."""
+    root, folders = sample_folders
+    first = main_in_process(*folders, *SCHEDULE, "--eval_step=2", "--max_step=3", "--load_path=probed")
+    assert first.returncode == 0, first.stderr[-3000:]
+    after_first = events_of(root / "logs" / "generative_probed")
+    resumed = main_in_process(*folders, *SCHEDULE, "--eval_step=2", "--max_step=5", "--load_path=probed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return first, after_first, events_of(root / "logs" / "generative_probed")
+
+
+def test_every_probe_is_written_at_every_eval_step_of_the_refiner(probed):
+    first, events, _ = probed
+    assert "[*] Probes every 2 refiner steps, on 20 synthetic and 20 real images held out" in first.stdout
+    for name in ("realism_accuracy", "statistics_distance", "brightness_distance", "contrast_distance",
+                 "high_frequency_distance", "grey_level_change", "label_shift"):
+        values = scalars(events, f"probe/{name}")
+        assert [step for step, _ in values] == [2, 4, 6], name
+        assert all(np.isfinite(value) and value >= 0 for _, value in values), name
+    assert all(0 <= value <= 1 for _, value in scalars(events, "probe/realism_accuracy"))
+    (baseline,) = scalars(events, "probe/realism_accuracy_synthetic")  # once, with the first probe
+    assert baseline[0] == 2
+
+
+def test_a_resumed_run_continues_the_probes_on_the_same_images(probed):
+    _, _, events = probed
+    assert [step for step, _ in scalars(events, "probe/realism_accuracy")] == [2, 4, 6, 8]
+    first, again = scalars(events, "probe/realism_accuracy_synthetic")  # each launch's first probe: its baseline
+    assert again[0] == 8 and again[1] == first[1]  # the same held-out images, the same classifier's folds
+
+
+def test_the_run_writes_its_hparams_and_the_probes_as_their_metrics(probed):
+    _, _, events = probed
+    tags = set(events.Tags()["tensors"])
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= tags
+    plugin = events.SummaryMetadata("_hparams_/session_start_info").plugin_data
+    info = plugin_data_pb2.HParamsPluginData.FromString(plugin.content).session_start_info
+    assert {"reg_scale", "optimizer", "learning_rate", "K_g", "K_d", "batch_size", "buffer_size", "data_set",
+            "precision"} <= set(info.hparams)
+    assert info.hparams["batch_size"].number_value == 4 and info.hparams["precision"].string_value == "float32"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
+    assert {metric.name.tag for metric in experiment.metric_infos} >= {"probe/realism_accuracy",
+                                                                      "probe/statistics_distance"}
+
+
+def test_eval_step_zero_holds_nothing_out_and_writes_no_probe(sample_folders):
+    root, folders = sample_folders
+    result = main_in_process(*folders, *SCHEDULE, "--eval_step=0", "--max_step=1", "--load_path=unprobed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Probes" not in result.stdout
+    tags = events_of(root / "logs" / "generative_unprobed").Tags()["tensors"]
+    assert tags and not [tag for tag in tags if tag.startswith("probe/")]
