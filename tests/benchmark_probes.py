@@ -55,7 +55,10 @@ def main():
     show("adversarial iteration", f"{per_iteration:.3f}", "s", f"K_g={config.K_g}, K_d={config.K_d}, "
          f"{args.rounds} rounds of {args.iterations}")
     show("one probe", f"{per_probe:.3f}", "s", f"{per_probe / per_iteration:.2f} iterations")
-    show("training time in probes", f"{100 * share:.2f}", "%", f"one probe every {args.eval_step} refiner steps")
+    without = per_iteration * args.eval_step / config.K_g
+    show(f"training, {args.eval_step} refiner steps without probes", f"{without:.1f}", "s")
+    show(f"training, {args.eval_step} refiner steps with one probe", f"{without + per_probe:.1f}", "s",
+         f"{100 * share:.2f}% of training time in probes")
 
 
 if __name__ == "__main__":
