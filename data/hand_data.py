@@ -101,7 +101,7 @@ class HandData(DataSet):
         for kind, kind_seed in (("synthetic", seed), ("real", seed + 1)):
             crops = getattr(self, kind)
             held, kept = held_out_indices(len(crops), count, kind_seed)
-            held_out.append(to_network_input(crops.images[held], input_shape))
+            held_out.append(np.asarray(to_network_input(crops.images[held], input_shape)))
             setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
         return tuple(held_out)
 

@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 from tensorboard.backend.event_processing import event_accumulator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,9 +25,9 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import load_refiner  # noqa: E402
 from config import get_config  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
-from data.hand_data import load_hand_data  # noqa: E402
+from data.hand_data import load_hand_data, refine_crops  # noqa: E402
 from data.pipelines import crops_on_disk, to_network_input  # noqa: E402
-from data.hand_data import refine_crops  # noqa: E402
+from probes import image_statistics  # noqa: E402
 from utils import denormalize, img_tile, run_paths, save_image  # noqa: E402
 
 LOSS_PANELS = {"refiner step": ["refiner/realism_loss", "refiner/regularization_loss", "refiner/loss"],
@@ -36,11 +35,8 @@ LOSS_PANELS = {"refiner step": ["refiner/realism_loss", "refiner/regularization_
 
 
 def statistics(images):
-    """Mean brightness, contrast (std within an image) and high-frequency energy of uint8 images."""
-    pixels = images.astype(np.float32)[..., 0]
-    detail = pixels - gaussian_filter(pixels, sigma=(0, 1.0, 1.0))
-    return {"brightness": pixels.mean(), "contrast": pixels.std(axis=(1, 2)).mean(),
-            "high_frequency": detail.std(axis=(1, 2)).mean()}
+    """Mean brightness, contrast and high-frequency energy of uint8 images, as the probes measure them."""
+    return {name: float(np.mean(values)) for name, values in image_statistics(images).items()}
 
 
 def everything(rows):
