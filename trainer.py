@@ -64,6 +64,7 @@ class Trainer:
         # hands each discriminator step half a batch, shared out like the other inputs.
         self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size,
                                             config.random_seed)
+        self.probes = None  # train() holds their images out, on the chief
         # The optimizers' `iterations` are the two step counters. These names are the checkpoint's keys.
         checkpoint = dict(
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
