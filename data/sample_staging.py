@@ -126,4 +126,4 @@ def use_bundled_sample(folder, complete, write, missing, real_data, readme_secti
             write(folder)
         except OSError as error:
             raise OutputError(f"cannot write the bundled sample in {folder}: {error.strerror or error}") from None
-    print(f"[*] Training on the bundled sample in {folder}, not on {real_data}")
+    print(f"[*] Using the bundled sample in {folder}, not {real_data}")
