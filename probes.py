@@ -74,7 +74,8 @@ def classifier_accuracy(fake_features, real_features, seed):
 def _ridge(train, labels, test):
     """Kernel (dual) ridge regression on ±1 labels, linear kernel: n x n, however many features."""
     kernel = train @ train.T
-    regularisation = np.trace(kernel) / len(train)  # the features' scale: as strong whatever their number
+    # The features' scale, so as strong whatever their number; never 0, even for identical images.
+    regularisation = max(np.trace(kernel) / len(train), 1e-6)
     weights = np.linalg.solve(kernel + regularisation * np.eye(len(train)), labels - labels.mean())
     return test @ (train.T @ weights) + labels.mean()
 

@@ -34,6 +34,11 @@ def test_a_constant_image_is_always_told_from_real_ones():
     assert realism_accuracy(constant, images, seed=0) == 1.0
 
 
+def test_two_sets_of_one_constant_image_are_a_coin_toss_not_an_error():
+    constant = np.full((20, 8, 8, 1), 100, np.uint8)
+    assert realism_accuracy(constant, constant) <= 0.5
+
+
 def test_the_further_from_real_the_better_the_images_are_told_apart():
     real, _ = eyes(80, seed=3, noise=10)
     accuracies = [realism_accuracy(eyes(80, seed=4, noise=noise)[0], real) for noise in (10, 10.5, 11, 12)]
