@@ -46,11 +46,11 @@ class Checkpoints:
         checkpoint is the run's; restores still read the run's folder. objects: {name: what is saved};
         optional: the names an older checkpoint may lack."""
         self.objects, self.optional = objects, optional
-        self.checkpoint = checkpoint = tf.train.Checkpoint(**objects)
+        self.checkpoint = tf.train.Checkpoint(**objects)
         self.on_save = on_save  # called after each save: the exports that go with a checkpoint
         self.run_dir = directory
         save_dir = directory if chief else tempfile.mkdtemp(prefix=".simgan-worker-")
-        self.manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=max_to_keep,
+        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir, max_to_keep=max_to_keep,
                                                   checkpoint_name=name)
         self.every_secs = every_secs
         self.announce = announce

@@ -39,10 +39,9 @@ def image_statistics(pixels):
             "high_frequency": detail.std(axis=(1, 2))}
 
 
-def statistics_distance(fake, real):
+def statistics_distance(fake_statistics, real_statistics):
     """{statistic: |mean over fake - mean over real| / the real images' standard deviation, "distance": their
-    root mean square}: 0 when the two sets are alike on average."""
-    fake_statistics, real_statistics = image_statistics(fake), image_statistics(real)
+    root mean square}, of two sets' image_statistics: 0 when the two sets are alike on average."""
     distances = {}
     for name in STATISTICS:
         spread = max(float(np.std(real_statistics[name])), 1e-6)  # a set of identical images: any change counts
@@ -53,7 +52,8 @@ def statistics_distance(fake, real):
 
 def realism_accuracy(fake, real, seed=0):
     """The cross-validated accuracy of a ridge classifier telling fake from real images: 0.5 when it cannot."""
-    return classifier_accuracy(image_features(fake), image_features(real), seed)
+    return classifier_accuracy(image_features(fake, image_statistics(fake)),
+                               image_features(real, image_statistics(real)), seed)
 
 
 def classifier_accuracy(fake_features, real_features, seed):
@@ -90,8 +90,9 @@ def _stratified_folds(labels, folds, seed):
     return assignment
 
 
-def image_features(pixels):
-    """(N, features): the image averaged down to at most FEATURE_SIDE a side, its histogram, its statistics."""
+def image_features(pixels, statistics):
+    """(N, features): the image averaged down to at most FEATURE_SIDE a side, its histogram, its statistics
+    (image_statistics(pixels))."""
     images = _grey(pixels)
     height, width = images.shape[1:]
     step_rows, step_cols = -(-height // FEATURE_SIDE), -(-width // FEATURE_SIDE)
@@ -99,8 +100,7 @@ def image_features(pixels):
     small = images[:, :rows, :cols].reshape(len(images), rows // step_rows, step_rows, cols // step_cols, step_cols)
     small = small.mean(axis=(2, 4)).reshape(len(images), -1)
     histogram = np.stack([np.histogram(image, HISTOGRAM_BINS, (0, 256))[0] for image in images]) / (height * width)
-    statistics = np.stack([image_statistics(pixels)[name] for name in STATISTICS], axis=1)
-    return np.concatenate([small, histogram, statistics], axis=1)
+    return np.concatenate([small, histogram, np.stack([statistics[name] for name in STATISTICS], axis=1)], axis=1)
 
 
 def _grey(pixels):
@@ -127,7 +127,9 @@ class Probes:
         refine_batch: images refined at once (bounds the refiner's activations)."""
         self.synthetic, self.real_pixels = synthetic, denormalize(real)
         self.synthetic_pixels = denormalize(synthetic)
-        self.real_features = image_features(self.real_pixels)  # the same at every probe
+        # What the real and unrefined images give is the same at every probe: measured once.
+        self.real_statistics = image_statistics(self.real_pixels)
+        self.real_features = image_features(self.real_pixels, self.real_statistics)
         self.label_positions, self.refine_batch, self.seed = label_positions, refine_batch, seed
         self.baseline_written = False
 
@@ -135,12 +137,15 @@ class Probes:
         """Refine the held-out synthetic images with refine(images) and write every probe at x = step; the values."""
         refined = np.concatenate([denormalize(refine(self.synthetic[start:start + self.refine_batch]))
                                   for start in range(0, len(self.synthetic), self.refine_batch)])
-        values = {"realism_accuracy": classifier_accuracy(image_features(refined), self.real_features, self.seed)}
+        statistics = image_statistics(refined)
+        values = {"realism_accuracy": classifier_accuracy(image_features(refined, statistics), self.real_features,
+                                                          self.seed)}
         if not self.baseline_written:  # the unrefined images' accuracy: the mark the refiner starts from
-            values["realism_accuracy_synthetic"] = classifier_accuracy(image_features(self.synthetic_pixels),
-                                                                       self.real_features, self.seed)
+            synthetic_features = image_features(self.synthetic_pixels, image_statistics(self.synthetic_pixels))
+            values["realism_accuracy_synthetic"] = classifier_accuracy(synthetic_features, self.real_features,
+                                                                       self.seed)
             self.baseline_written = True
-        distances = statistics_distance(refined, self.real_pixels)
+        distances = statistics_distance(statistics, self.real_statistics)
         values["statistics_distance"] = distances.pop("distance")
         values.update({f"{name}_distance": value for name, value in distances.items()})
         values["grey_level_change"] = grey_level_change(self.synthetic_pixels, refined)

@@ -61,14 +61,12 @@ class GazeData(DataSet):
     def named_synthetic_batches(self, names, input_shape, batch_size):
         return synthetic_dataset(names, input_shape, batch_size, 0, training=False)
 
-    def test_images(self, input_shape, count, paths=None):
-        paths = self.synthetic_paths[:count] if paths is None else paths
-        images, _ = next(iter(synthetic_dataset(paths, input_shape, count, 0, training=False)))
-        return images
+    def test_images(self, input_shape, count):
+        return _decode(self.synthetic_paths[:count], input_shape)
 
     def hold_out(self, count, input_shape, seed):
         held, kept = held_out_indices(len(self.synthetic_paths), count, seed)
-        synthetic = self.test_images(input_shape, count, [self.synthetic_paths[index] for index in held])
+        synthetic = _decode([self.synthetic_paths[index] for index in held], input_shape)
         self.synthetic_paths = [self.synthetic_paths[index] for index in kept]
         held, kept = held_out_indices(len(self.real_images), count, seed + 1)
         real = to_network_input(self.real_images[held], input_shape)
@@ -105,6 +103,12 @@ class GazeData(DataSet):
             for name, paths, gaze in (("training", split.training_paths, split.training_gaze),
                                       ("validation", split.validation_paths, split.validation_gaze)))
         return EstimationSets(training, validation, real, tuple(input_shape), refined, facts, left_eyes)
+
+
+def _decode(paths, input_shape):
+    """The crops of paths in [-1, 1], in one batch."""
+    images, _ = next(iter(synthetic_dataset(paths, input_shape, len(paths), None, training=False)))
+    return images
 
 
 def load_gaze_data(config, download=True):

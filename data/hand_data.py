@@ -31,11 +31,11 @@ from tqdm import tqdm
 from data import nyu
 from data.data_set import DataSet, EstimationSets, held_out_indices
 from data.hand_sample import is_complete_hand_sample, is_hand_sample, write_hand_sample
-from data.sample_staging import use_bundled_sample
-from data.npy_file import RowSubset, npz_member_rows, read_rows, temporary_rows, write_rows, write_temporary_rows
-from data.pipelines import array_batches, to_network_input
+from data.npy_file import RowSubset, npz_member_rows, read_rows, write_rows, write_temporary_rows
+from data.pipelines import array_batches, rows_on_disk, to_network_input
 from data.reports import DataError, report_skipped
-from utils import atomic_write, default_workers, denormalize
+from data.sample_staging import use_bundled_sample
+from utils import atomic_write, default_workers
 
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
 BOX_MARGIN = 1.3       # the crop's side: the joints' larger extent times this (fingertip joints lie inside the skin)
@@ -133,17 +133,9 @@ class HandData(DataSet):
 
 
 def refine_crops(images, input_shape, batch_size, refine, folder):
-    """uint8 crops refined batch by batch, quantised back to uint8 as test mode's PNGs are: an NpyRows.
-
-    Written to a hidden temporary file in folder (else in the system's temporary folder) whose name is
-    removed at once: it lasts as long as the rows returned, and a run that stops leaves nothing behind.
-    """
-    def batches():
-        dataset = array_batches(images, input_shape, batch_size)
-        for batch in tqdm(dataset, total=-(-len(images) // batch_size), desc="Refine training crops"):
-            yield denormalize(refine(batch))[..., 0]
-
-    return temporary_rows(folder, input_shape[:2], np.uint8, batches, "the refined crops")
+    """uint8 crops (N, H, W) refined batch by batch into a temporary file, quantised as test mode's PNGs are."""
+    return rows_on_disk(lambda: array_batches(images, input_shape, batch_size), len(images), batch_size,
+                        tuple(input_shape[:2]), folder, refine, "Refine training crops")
 
 
 def load_hand_data(config):

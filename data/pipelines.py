@@ -116,18 +116,27 @@ def array_batches(images, input_shape, batch_size, seed=None, labels=None, names
 
 
 def crops_on_disk(paths, input_shape, batch_size, folder, refine=None, desc="Load synthetic images"):
-    """Every crop once, in order, as uint8 rows (H, W, C) at the network's input size, in a temporary file.
-
-    refine (a callable on [-1, 1] batches: the refiner) runs inside the tf.data pipeline, batch by
-    batch. The result is quantised as test mode's PNGs are, so training on it equals training on
-    refined images written to disk. Returns an NpyRows (npy_file.temporary_rows: in folder, else in the
-    system's temporary folder; gone when dropped): a batch is in memory at a time.
-    """
+    """Every crop once, in order, as uint8 rows (H, W, C) at the network's input size, in a temporary file;
+    refined first when refine is given (see rows_on_disk)."""
     def batches():
-        dataset = synthetic_dataset(paths, input_shape, batch_size, None, training=False)
-        if refine is not None:
-            dataset = dataset.map(lambda images, names: (refine(images), names))
-        for images, _ in tqdm(dataset, total=-(-len(paths) // batch_size), desc=desc):
-            yield denormalize(images)
+        return synthetic_dataset(paths, input_shape, batch_size, None, training=False).map(lambda images, _: images)
 
-    return temporary_rows(folder, input_shape, np.uint8, batches, "the crops at the input size")
+    return rows_on_disk(batches, len(paths), batch_size, tuple(input_shape), folder, refine, desc)
+
+
+def rows_on_disk(make_batches, count, batch_size, row_shape, folder, refine=None, desc="Load images"):
+    """The count images of make_batches() (a dataset of [-1, 1] batches, once through) as uint8 rows of
+    row_shape in a temporary file: an NpyRows (npy_file.temporary_rows: in folder, else in the system's
+    temporary folder; gone when dropped), a batch in memory at a time.
+
+    refine (a callable on [-1, 1] batches: the refiner) runs inside the tf.data pipeline, batch by batch.
+    The result is quantised as test mode's PNGs are, so training on it equals training on refined images
+    written to disk.
+    """
+    def rows():
+        dataset = make_batches() if refine is None else make_batches().map(refine)
+        for images in tqdm(dataset, total=-(-count // batch_size), desc=desc):
+            yield denormalize(images).reshape(-1, *row_shape)
+
+    what = "the images at the input size" if refine is None else "the refined images"
+    return temporary_rows(folder, row_shape, np.uint8, rows, what)

@@ -174,6 +174,6 @@ def test_refined_crops_go_to_a_temporary_file_that_leaves_nothing_behind(tmp_pat
     crops = DepthCrops(images, np.zeros((10, JOINTS, 2), np.float32), np.arange(1, 11))
     data = HandData(str(tmp_path / "read_only"), True, crops, crops)  # a folder not there: not writable
     sets = data.estimation_sets((SIZE, SIZE, 1), 4, refine=lambda batch: batch)
-    assert "[!] Cannot write the refined crops" in capsys.readouterr().out
+    assert "[!] Cannot write the refined images" in capsys.readouterr().out
     assert sets.refined and isinstance(sets.training[0], NpyRows) and len(sets.test[0]) == 0
     np.testing.assert_array_equal(sets.training[0][np.arange(10)], images)
