@@ -23,14 +23,27 @@ MIN_PROBE_IMAGES = 20         # of each kind, for the realism probe's five folds
 # Flags whose default depends on --data_set (the paper's appendix: the hand networks take 224x224
 # depth crops and pre-train the refiner for 500 steps). A value given on the command line always wins.
 DATA_SET_DEFAULTS = {
-    "gaze": {"input_height": 35, "input_width": 55, "initial_K_g": 1000, "batch_size": 512, "buffer_size": 25600,
-             "learning_rate": 0.001},
+    "gaze": {"input_height": 35, "input_width": 55, "input_channel": 1, "initial_K_g": 1000, "batch_size": 512,
+             "buffer_size": 25600, "learning_rate": 0.001, "synthetic_image_dir": "UnityEyes",
+             "real_image_dir": "MPIIGaze", "self_regularization": "identity"},
     # 224x224 images: batch 32 (the refiner steps through it an image at a time, trainer.MICRO_BATCH_PIXELS),
     # the buffer at 640 MB.
     # Learning rate 1e-4: at 1e-3 Adam's first step saturates the tanh of the 10-block 7x7 refiner for good.
-    "hand": {"input_height": 224, "input_width": 224, "initial_K_g": 500, "batch_size": 32, "buffer_size": 3200,
-             "learning_rate": 1e-4},
+    "hand": {"input_height": 224, "input_width": 224, "input_channel": 1, "initial_K_g": 500, "batch_size": 32,
+             "buffer_size": 3200, "learning_rate": 1e-4, "self_regularization": "identity"},
+    # Any two folders: the input follows the images and the networks and schedule follow the input
+    # (resolve_folder_flags, once the folders are read). The channel mean: measured in README, 'Your own data'.
+    "folders": {"self_regularization": "channel_mean"},
 }
+# Flags --data_set=folders sets from the images when they are not given (resolve_folder_flags).
+FOLDER_AUTO_FLAGS = ("input_height", "input_width", "input_channel", "initial_K_g", "batch_size", "buffer_size",
+                     "learning_rate")
+# --data_set=folders: inputs whose shorter side is under this get the eye networks, others the hand's. Their
+# refiners see 19 and 127 pixels around a pixel: at 35 and 224 rows, about 55% of the shorter side each; this
+# is the side where both are equally far (by ratio) from that share.
+HAND_DESIGN_SIDE = 90
+MAX_HISTORY_BYTES = 640 * 2 ** 20  # --data_set=folders: the history buffer's default size at most (the hand's)
+MIN_FOLDER_INPUT = 12  # the eye discriminator's two stride-2 convolutions and 3x3 valid pool need this much
 
 
 class ConfigError(ValueError):
@@ -75,14 +88,22 @@ def _build_parser():
 
     data = parser.add_argument_group("Data")
     data.add_argument("--data_set", default="gaze", choices=list(DATA_SET_DEFAULTS),
-                      help="gaze: UnityEyes -> MPIIGaze eyes; hand: NYU hand depth, synthetic -> Kinect")
+                      help="gaze: UnityEyes -> MPIIGaze eyes; hand: NYU hand depth, synthetic -> Kinect; "
+                           "folders: any two folders of images, --synthetic_image_dir -> --real_image_dir")
     data.add_argument("--data_dir", default="data", help="root of the data sets; gaze data lives in DATA_DIR/gaze")
-    data.add_argument("--input_height", type=int, help="network input height; images are resized to it (gaze 35, hand 224)")
-    data.add_argument("--input_width", type=int, help="network input width; images are resized to it (gaze 55, hand 224)")
-    data.add_argument("--input_channel", type=int, default=1, help="network input channels (1: grayscale)")
+    data.add_argument("--input_height", type=int,
+                      help="network input height; images are resized to it (gaze 35, hand 224, folders: from the real images)")
+    data.add_argument("--input_width", type=int,
+                      help="network input width; images are resized to it (gaze 55, hand 224, folders: from the real images)")
+    data.add_argument("--input_channel", type=int,
+                      help="network input channels, 1 (grey) or 3 (RGB) (gaze and hand 1; folders: 3 if the real images are colour)")
+    data.add_argument("--crop_to_aspect_ratio", type=str2bool, default=False,
+                      help="folders: cut each image's largest centred box of the input's aspect ratio before resizing "
+                           "(False: stretch it, as the original and keras' image_dataset_from_directory do)")
     data.add_argument("--max_synthetic_num", type=int, default=-1, help="preprocess at most this many UnityEyes frames (-1: all)")
-    data.add_argument("--real_image_dir", default="MPIIGaze", help="real images, under DATA_DIR/gaze")
-    data.add_argument("--synthetic_image_dir", default="UnityEyes", help="synthetic images: tried as given, then under DATA_DIR/gaze")
+    data.add_argument("--real_image_dir", help="real images: gaze MPIIGaze, under DATA_DIR/gaze; folders: any folder")
+    data.add_argument("--synthetic_image_dir",
+                      help="synthetic images: gaze UnityEyes, tried as given, then under DATA_DIR/gaze; folders: any folder")
 
     train = parser.add_argument_group("Training")
     train.add_argument("--task", default="generative", choices=["generative", "estimation"], help="generative: train or apply the refiner; estimation: the gaze estimator")
@@ -91,6 +112,9 @@ def _build_parser():
                             "(--task=estimation: evaluate the estimator at --load_path on the real images)")
     train.add_argument("--max_step", type=int, default=10000, help="adversarial iterations after pre-training")
     train.add_argument("--reg_scale", type=float, default=0.5, help="lambda: weight of the self-regularization (L1) loss")
+    train.add_argument("--self_regularization", choices=["identity", "channel_mean"],
+                       help="psi of the self-regularization |psi(refined) - psi(synthetic)|: identity (the original's; "
+                            "gaze, hand) or the mean of the colour channels (folders)")
     train.add_argument("--initial_K_g", type=int, help="refiner pre-training steps, self-regularization only (gaze 1000, hand 500)")
     train.add_argument("--initial_K_d", type=int, default=200, help="discriminator pre-training steps")
     train.add_argument("--K_g", type=int, default=2, help="refiner steps per adversarial iteration")
@@ -162,11 +186,15 @@ def check_config(config):
         if not ok:
             raise ConfigError(f"--{flag}={getattr(config, flag)}: {message}")
 
+    if config.data_set == "folders":
+        _check_folder_flags(config, require)
     for flag in ("input_height", "input_width", "input_channel", "batch_size", "buffer_size",
                  "log_step", "checkpoint_secs", "max_image_summary", "num_epochs", "cpu_replicas", "probe_images"):
-        require(getattr(config, flag) > 0, flag, "must be positive")
+        require(getattr(config, flag) is None or getattr(config, flag) > 0, flag, "must be positive")
     for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d", "eval_step"):
-        require(getattr(config, flag) >= 0, flag, "must not be negative")
+        require(getattr(config, flag) is None or getattr(config, flag) >= 0, flag, "must not be negative")
+    if None in (config.batch_size, config.buffer_size, config.input_channel, config.learning_rate):
+        return  # --data_set=folders: the rest is checked again once the images have set them
     if config.is_train and config.task == "generative":  # refining and the estimator: any batch size will do
         require(config.batch_size >= 2 and config.batch_size % 2 == 0, "batch_size",
                 "must be even and at least 2 (the discriminator takes half refined, half history)")
@@ -202,10 +230,51 @@ def check_config(config):
                     f"the hand estimator (--estimator_depth={config.estimator_depth}) needs a multiple of {multiple}")
 
 
+def _check_folder_flags(config, require):
+    """--data_set=folders: its folders named, no labels to estimate from, an input its networks can take."""
+    require(config.task == "generative", "task", "--data_set=folders has no labels to train an estimator on")
+    require(bool(config.synthetic_image_dir), "synthetic_image_dir",
+            "--data_set=folders needs the folder of synthetic images (python -m data.folder_sample --out DIR "
+            "writes a pair to try)")
+    require(bool(config.real_image_dir) or not config.is_train, "real_image_dir",
+            "--data_set=folders needs the folder of real images to train")
+    for flag in ("input_height", "input_width"):
+        require(getattr(config, flag) is None or getattr(config, flag) >= MIN_FOLDER_INPUT, flag,
+                f"the discriminator's strided convolutions need at least {MIN_FOLDER_INPUT}")
+
+
+def network_design(data_set, height, width):
+    """Which of the paper's designs (model.REFINER_DESIGNS: "gaze", the eye's, or "hand") an input gets."""
+    if data_set != "folders":
+        return data_set
+    return "gaze" if min(height, width) < HAND_DESIGN_SIDE else "hand"
+
+
+def resolve_folder_flags(config, height, width, channels):
+    """Set the --data_set=folders flags not given: the input (height, width, channels: what the images say),
+    then the schedule of the paper's data set whose networks that input gets, the history buffer at most
+    MAX_HISTORY_BYTES. Returns the flags set, {flag: value}."""
+    chosen = {flag: value for flag, value in (("input_height", height), ("input_width", width),
+                                              ("input_channel", channels)) if getattr(config, flag) is None}
+    for flag, value in chosen.items():
+        setattr(config, flag, value)
+    design = network_design("folders", config.input_height, config.input_width)
+    defaults = dict(DATA_SET_DEFAULTS[design])
+    batch = config.batch_size or defaults["batch_size"]
+    image_bytes = 4 * config.input_height * config.input_width * config.input_channel  # float32
+    batches = min(defaults["buffer_size"] // defaults["batch_size"], MAX_HISTORY_BYTES // (image_bytes * batch))
+    defaults["buffer_size"] = max(1, batches) * batch
+    for flag in ("initial_K_g", "batch_size", "buffer_size", "learning_rate"):
+        if getattr(config, flag) is None:
+            chosen[flag] = defaults[flag]
+            setattr(config, flag, defaults[flag])
+    return chosen
+
+
 def check_config_against_replicas(config, replicas):
     """--batch_size is the global batch: every replica takes an equal share (and, training the GAN, an even one)."""
-    if replicas == 1 or (not config.is_train and config.task == "generative"):
-        return
+    if replicas == 1 or (not config.is_train and config.task == "generative") or config.batch_size is None:
+        return  # (None: --data_set=folders, checked again once the images set it)
     share = 2 * replicas if config.task == "generative" else replicas
     if config.batch_size % share:
         why = (f"each of the {replicas} replicas needs an even share (half refined, half history)"

@@ -6,6 +6,7 @@ trained it) and LOG_DIR/NAME/refiner_saved_model/ serves `serving_default`: floa
 (N, height, width, channels) in [-1, 1] in, the refined images out, for TensorFlow Serving,
 `saved_model_cli` or a TFLite converter.
 """
+import json
 import os
 import zipfile
 
@@ -82,6 +83,29 @@ def load_any_refiner(source, log_dir, image_shape, flag, data_set="gaze"):
         checkpoint = find_refiner_checkpoint(source, log_dir, flag)
         refiner = load_refiner(checkpoint, image_shape, data_set)
         return (lambda images: refiner(images, training=False)), checkpoint
+    serve, shape = _load_export(source, flag)
+    if shape != tuple(image_shape):
+        raise CheckpointError(f"--{flag}={source}: the refiner takes {shape} images, the flags ask for "
+                              f"{tuple(image_shape)} (--input_height, --input_width, --input_channel)")
+    return serve, source
+
+
+def trained_input_shape(source, log_dir, flag):
+    """(height, width, channels) of what the refiner at source takes: an export's input, a run's flags."""
+    if is_export(source):
+        return _load_export(source, flag)[1]
+    model_dir = os.path.dirname(find_refiner_checkpoint(source, log_dir, flag))
+    try:
+        with open(os.path.join(model_dir, "params.json"), encoding="utf-8") as handle:
+            params = json.load(handle)
+        return tuple(int(params[name]) for name in ("input_height", "input_width", "input_channel"))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"--{flag}={source}: no readable params.json in {model_dir} to tell the refiner's "
+                              f"input; give --input_height, --input_width and --input_channel") from None
+
+
+def _load_export(source, flag):
+    """(refine, (height, width, channels)) of a .keras file or a SavedModel; CheckpointError when it cannot be."""
     if not os.path.exists(source):
         raise CheckpointError(f"--{flag}={source}: no such file")
     if str(source).endswith(".keras") and not zipfile.is_zipfile(source):
@@ -97,7 +121,4 @@ def load_any_refiner(source, log_dir, image_shape, flag, data_set="gaze"):
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, tf.errors.OpError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"--{flag}={source}: cannot load the refiner ({message[:200]})") from None
-    if shape != tuple(image_shape):
-        raise CheckpointError(f"--{flag}={source}: the refiner takes {shape} images, the flags ask for "
-                              f"{tuple(image_shape)} (--input_height, --input_width, --input_channel)")
-    return serve, source
+    return serve, shape

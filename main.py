@@ -15,6 +15,7 @@ import tensorflow as tf  # noqa: E402
 from checkpoints import CheckpointError  # noqa: E402
 from config import (ConfigError, check_config, check_config_against_data, check_config_against_replicas,  # noqa: E402
                     get_config)
+from data.folder_data import load_folder_data  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
 from data.hand_data import load_hand_data  # noqa: E402
 from data.image_folder import write_real_samples  # noqa: E402
@@ -24,14 +25,15 @@ from distribution import (configure_devices, configure_precision, describe, is_c
 from estimation import run_estimation  # noqa: E402
 from model import GAZE_ESTIMATION  # noqa: E402
 from pose_model import HAND_ESTIMATION  # noqa: E402
-from refine import refine_folder  # noqa: E402
+from refine import refine_folder, take_trained_input  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from training_loop import TrainingDiverged  # noqa: E402
 from utils import OutputError, make_run_folders, run_paths, save_params  # noqa: E402
 
 USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged)
 # --data_set: its loader (-> a data.data_set.DataSet) and its part of the estimation task.
-DATA_SETS = {"gaze": (load_gaze_data, GAZE_ESTIMATION), "hand": (load_hand_data, HAND_ESTIMATION)}
+DATA_SETS = {"gaze": (load_gaze_data, GAZE_ESTIMATION), "hand": (load_hand_data, HAND_ESTIMATION),
+             "folders": (load_folder_data, None)}
 
 
 def set_seeds(seed):
@@ -54,7 +56,12 @@ def run(config):
     make_run_folders(config, paths, chief)
     set_seeds(config.random_seed)
     load_data, estimation_task = DATA_SETS[config.data_set]
+    if refining and config.data_set == "folders":
+        take_trained_input(config)
     data = load_data(config)
+    if config.data_set == "folders":  # the images set the flags left open: check them now
+        check_config(config)
+        check_config_against_replicas(config, strategy.num_replicas_in_sync)
     check_config_against_data(config, data)  # the last check: no network exists yet
     if config.is_train:
         print(describe(strategy, precision))

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from config import network_design
 from layers import conv2d, resnet_block
 
 REAL_LABEL = 1
@@ -22,11 +23,13 @@ REFINER_DESIGNS = {"gaze": dict(kernel_size=3, num_blocks=4, starts_as_identity=
 
 
 def build_refiner(input_shape, data_set="gaze", filters=64):
-    """ResNet refiner: no striding or pooling, so every pixel keeps its place (and its label).
+    """ResNet refiner: no striding or pooling, so every pixel keeps its place (and its label); as many
+    channels out as in.
 
-    gaze: a 3x3 convolution, 4 ResNet blocks of 3x3 convolutions; hand: 7x7 and 10 blocks of 7x7.
+    gaze: a 3x3 convolution, 4 ResNet blocks of 3x3 convolutions; hand: 7x7 and 10 blocks of 7x7;
+    folders: one of the two by the input's size (config.network_design).
     """
-    design = REFINER_DESIGNS[data_set]
+    design = REFINER_DESIGNS[network_design(data_set, *input_shape[:2])]
     synthetic = keras.Input(input_shape, name="synthetic")
     hidden = conv2d(filters, design["kernel_size"], name="conv_in")(synthetic)  # (batch, H, W, 64)
     for index in range(design["num_blocks"]):
@@ -37,8 +40,9 @@ def build_refiner(input_shape, data_set="gaze", filters=64):
 
 
 def build_discriminator(input_shape, data_set="gaze"):
-    """Local-patch discriminator: each output position judges one receptive field."""
-    if data_set == "hand":
+    """Local-patch discriminator: each output position judges one receptive field; the patch grid follows the
+    input's size (the eye design's for gaze, the hand's for hand; folders: by the input's size)."""
+    if network_design(data_set, *input_shape[:2]) == "hand":
         return _build_hand_discriminator(input_shape)
     images = keras.Input(input_shape, name="images")
     hidden = conv2d(96, 3, strides=2, name="conv1")(images)           # (batch, 18, 28, 96) for 35x55
@@ -70,9 +74,16 @@ def patch_cross_entropy(logits, label):
     return tf.reduce_sum(per_patch, axis=[1, 2])
 
 
-def self_regularization(refined, synthetic, reg_scale):
-    """reg_scale * sum |refined - synthetic| per image: keeps the annotation valid. (batch,)"""
+def self_regularization(refined, synthetic, reg_scale, psi="identity"):
+    """reg_scale * sum |psi(refined) - psi(synthetic)| per image: keeps the annotation valid. (batch,)
+
+    psi (the paper's feature map): "identity", the original's; "channel_mean", the mean of the colour
+    channels, one of the paper's examples, which leaves a colour cast that keeps the grey level free.
+    On one channel the two are the same.
+    """
     difference = tf.cast(refined, tf.float32) - tf.cast(synthetic, tf.float32)
+    if psi == "channel_mean":
+        difference = tf.reduce_mean(difference, axis=-1, keepdims=True)
     return reg_scale * tf.reduce_sum(tf.abs(difference), axis=[1, 2, 3])
 
 
@@ -81,10 +92,10 @@ def batch_mean(per_image, global_batch_size):
     return tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
 
 
-def refiner_losses(refined_logits, refined, synthetic, reg_scale, global_batch_size):
+def refiner_losses(refined_logits, refined, synthetic, reg_scale, global_batch_size, psi="identity"):
     """The refiner's realism, regularization and total loss, each a (share of the) global batch mean."""
     realism = patch_cross_entropy(refined_logits, REAL_LABEL)
-    regularization = self_regularization(refined, synthetic, reg_scale)
+    regularization = self_regularization(refined, synthetic, reg_scale, psi)
     return {
         "realism_loss": batch_mean(realism, global_batch_size),
         "regularization_loss": batch_mean(regularization, global_batch_size),

@@ -11,11 +11,16 @@ of the training streams), writing TensorBoard scalars under `probe/` on the refi
   synthetic images once, at a run's first probe, is the baseline (`realism_accuracy_synthetic`).
 - domain statistics: brightness (mean grey level), contrast (its standard deviation within an image)
   and high-frequency energy (the standard deviation of what a Gaussian blur of one pixel removes),
-  each image's; the distance of the refined images' mean from the real ones' in units of the real
+  each image's, and for colour images its colour balance (the mean red and blue levels less the grey
+  level: a colour cast); the distance of the refined images' mean from the real ones' in units of the real
   images' spread, for each statistic and as their root mean square (0: alike on average).
 - label keeping: the mean absolute change of a grey level from the synthetic input (0..255), and how
   far the data set's cheap proxy of the label moved (pixels): the pupil for eyes, the hand's centre
-  of mass for depth crops. A refiner that moves the gaze shows it there.
+  of mass for depth crops. A refiner that moves the gaze shows it there. Folders of plain images
+  have no labels, so no proxy and no `label_shift`.
+
+The realism classifier sees colour images' colour too: their colour balance, and a red-less-grey and a
+blue-less-grey image beside the grey one.
 """
 import numpy as np
 import tensorflow as tf
@@ -27,26 +32,33 @@ FOLDS = 5               # of the realism probe's cross-validation
 FEATURE_SIDE = 32       # pixels are averaged down to at most this many a side
 HISTOGRAM_BINS = 16
 STATISTICS = ("brightness", "contrast", "high_frequency")
+COLOUR_STATISTICS = ("red_balance", "blue_balance")  # of colour images only
 # The probes' tags a sweep compares (hparams.py); each statistic's own distance is written beside them.
 METRICS = ("probe/realism_accuracy", "probe/statistics_distance", "probe/grey_level_change", "probe/label_shift")
 
 
 def image_statistics(pixels):
-    """{statistic: (N,) float64} of uint8 or float grey images (N, H, W[, 1]) in grey levels 0..255."""
+    """{statistic: (N,) float64} of uint8 or float images (N, H, W[, C]) in levels 0..255: STATISTICS, and
+    COLOUR_STATISTICS for colour images."""
     images = _grey(pixels)
     detail = images - gaussian_filter(images, sigma=(0, 1.0, 1.0))
-    return {"brightness": images.mean(axis=(1, 2)), "contrast": images.std(axis=(1, 2)),
-            "high_frequency": detail.std(axis=(1, 2))}
+    statistics = {"brightness": images.mean(axis=(1, 2)), "contrast": images.std(axis=(1, 2)),
+                  "high_frequency": detail.std(axis=(1, 2))}
+    if _is_colour(pixels):
+        channel_means = np.asarray(pixels, np.float64).mean(axis=(1, 2))  # (N, 3)
+        statistics["red_balance"] = channel_means[:, 0] - statistics["brightness"]
+        statistics["blue_balance"] = channel_means[:, 2] - statistics["brightness"]
+    return statistics
 
 
 def statistics_distance(fake_statistics, real_statistics):
     """{statistic: |mean over fake - mean over real| / the real images' standard deviation, "distance": their
     root mean square}, of two sets' image_statistics: 0 when the two sets are alike on average."""
     distances = {}
-    for name in STATISTICS:
+    for name in real_statistics:
         spread = max(float(np.std(real_statistics[name])), 1e-6)  # a set of identical images: any change counts
         distances[name] = abs(float(np.mean(fake_statistics[name]) - np.mean(real_statistics[name]))) / spread
-    distances["distance"] = float(np.sqrt(np.mean([distances[name] ** 2 for name in STATISTICS])))
+    distances["distance"] = float(np.sqrt(np.mean([value ** 2 for value in distances.values()])))
     return distances
 
 
@@ -91,16 +103,30 @@ def _stratified_folds(labels, folds, seed):
 
 
 def image_features(pixels, statistics):
-    """(N, features): the image averaged down to at most FEATURE_SIDE a side, its histogram, its statistics
-    (image_statistics(pixels))."""
+    """(N, features): the image averaged down to at most FEATURE_SIDE a side (for colour images also its red
+    and blue less its grey), its histogram, its statistics (image_statistics(pixels))."""
     images = _grey(pixels)
+    planes = [images]
+    if _is_colour(pixels):
+        colour = np.asarray(pixels, np.float64)
+        planes += [colour[..., 0] - images, colour[..., 2] - images]
+    height, width = images.shape[1:]
+    histogram = np.stack([np.histogram(image, HISTOGRAM_BINS, (0, 256))[0] for image in images]) / (height * width)
+    return np.concatenate([*(_shrink(plane) for plane in planes), histogram,
+                           np.stack(list(statistics.values()), axis=1)], axis=1)
+
+
+def _shrink(images):
+    """(N, features): (N, H, W) images averaged down to at most FEATURE_SIDE a side, flattened."""
     height, width = images.shape[1:]
     step_rows, step_cols = -(-height // FEATURE_SIDE), -(-width // FEATURE_SIDE)
     rows, cols = height // step_rows * step_rows, width // step_cols * step_cols
     small = images[:, :rows, :cols].reshape(len(images), rows // step_rows, step_rows, cols // step_cols, step_cols)
-    small = small.mean(axis=(2, 4)).reshape(len(images), -1)
-    histogram = np.stack([np.histogram(image, HISTOGRAM_BINS, (0, 256))[0] for image in images]) / (height * width)
-    return np.concatenate([small, histogram, np.stack([statistics[name] for name in STATISTICS], axis=1)], axis=1)
+    return small.mean(axis=(2, 4)).reshape(len(images), -1)
+
+
+def _is_colour(pixels):
+    return np.ndim(pixels) == 4 and np.shape(pixels)[-1] == 3
 
 
 def _grey(pixels):
@@ -123,14 +149,16 @@ class Probes:
     """The held-out images and the probes' summaries; on the chief, between training steps."""
 
     def __init__(self, synthetic, real, label_positions, refine_batch, seed):
-        """synthetic, real: the held-out images in [-1, 1] (N, H, W, C); label_positions(uint8 images) -> (N, 2);
-        refine_batch: images refined at once (bounds the refiner's activations)."""
+        """synthetic, real: the held-out images in [-1, 1] (N, H, W, C); label_positions(uint8 images) -> (N, 2),
+        or None where the data set has no labels; refine_batch: images refined at once (bounds the refiner's
+        activations)."""
         self.synthetic, self.real_pixels = synthetic, denormalize(real)
         self.synthetic_pixels = denormalize(synthetic)
         # What the real and unrefined images give is the same at every probe: measured once.
         self.real_statistics = image_statistics(self.real_pixels)
         self.real_features = image_features(self.real_pixels, self.real_statistics)
         self.label_positions, self.refine_batch, self.seed = label_positions, refine_batch, seed
+        self.has_labels = label_positions(self.synthetic_pixels[:1]) is not None
         self.baseline_written = False
 
     def write(self, refine, step):
@@ -149,7 +177,8 @@ class Probes:
         values["statistics_distance"] = distances.pop("distance")
         values.update({f"{name}_distance": value for name, value in distances.items()})
         values["grey_level_change"] = grey_level_change(self.synthetic_pixels, refined)
-        values["label_shift"] = label_shift(self.synthetic_pixels, refined, self.label_positions)
+        if self.has_labels:
+            values["label_shift"] = label_shift(self.synthetic_pixels, refined, self.label_positions)
         for name, value in values.items():
             tf.summary.scalar(f"probe/{name}", value, step=step)
         return values

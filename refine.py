@@ -2,7 +2,8 @@
 
 The folder holds UnityEyes frames (their crops are refined) or any eye images (PNG or JPEG, colour
 or grey: each is refined as it is); with `--data_set=hand`, every synthetic hand crop of the NYU
-training split is refined, named by its frame. The refiner is a run's (built alone and restored from its latest
+training split is refined, named by its frame; with `--data_set=folders`, every image of the synthetic
+folder's tree, written in the same tree. The refiner is a run's (built alone and restored from its latest
 checkpoint: no discriminator, optimizers or history buffer) or an export (`.keras` or SavedModel).
 """
 import collections
@@ -12,30 +13,31 @@ from concurrent.futures import ThreadPoolExecutor
 import tensorflow as tf
 from tqdm import tqdm
 
-from config import image_shape
-from export import load_any_refiner
+from config import image_shape, resolve_folder_flags
+from data.reports import summary
+from export import load_any_refiner, trained_input_shape
 from utils import OutputError, denormalize, save_image
 
 
-def refined_name(crop_path):
-    """`{i}_cropped.png` -> `{i}_refined.png`: the refined image keeps its frame's number (and label)."""
-    stem = os.path.basename(crop_path)
-    stem = stem[: -len("_cropped.png")] if stem.endswith("_cropped.png") else os.path.splitext(stem)[0]
-    return f"{stem}_refined.png"
+def take_trained_input(config):
+    """--data_set=folders in test mode: the input the flags leave open is the one the refiner was trained on."""
+    resolve_folder_flags(config, *trained_input_shape(config.load_path, config.log_dir, "load_path"))
 
 
 def refine_folder(config, paths, data):
-    """Refine every image once, in sorted order, into OUTPUT_DIR/NAME/{i}_refined.png ({stem}_refined.png).
+    """Refine every image once, in sorted order, into OUTPUT_DIR/NAME/ under data.output_name's names
+    ({i}_refined.png; for folders the input's tree and stems, as PNG).
 
     Images already refined (a run interrupted earlier) are left as they are and not refined again.
     """
-    if os.path.realpath(paths.output_dir) == os.path.realpath(data.synthetic_dir):
-        raise OutputError(f"--output_dir would write into the input folder {paths.output_dir}")
+    output, synthetic = os.path.realpath(paths.output_dir), os.path.realpath(data.synthetic_dir)
+    if output == synthetic or output.startswith(os.path.join(synthetic, "")):
+        raise OutputError(f"--output_dir would write into the input folder {synthetic}")
     shape = image_shape(config)
     # An export as it is; a run's refiner alone from its latest checkpoint (no discriminator, optimizers or buffer).
     refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path", config.data_set)
     tqdm.write(f"[*] Loaded the refiner of {loaded}")
-    targets = {name: os.path.join(paths.output_dir, refined_name(name)) for name in data.synthetic_names}
+    targets = _targets(data, paths.output_dir)
     remaining = [name for name, target in targets.items() if not os.path.exists(target)]
     if len(remaining) < len(targets):
         print(f"[*] {len(targets) - len(remaining)} images already refined in {paths.output_dir}; refining the rest")
@@ -43,6 +45,27 @@ def refine_folder(config, paths, data):
     refine = tf.function(refine, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
     batches = data.named_synthetic_batches(remaining, shape, config.batch_size)
     _write_refined(batches, refine, targets, -(-len(remaining) // config.batch_size), config.batch_size)
+
+
+def _targets(data, output_dir):
+    """{synthetic name: the path of its refined image}, their folders made; of two inputs with one output name
+    (a.png, a.jpg), the first is refined and the other counted."""
+    targets, taken, clashes = {}, set(), []
+    for name in data.synthetic_names:
+        target = os.path.join(output_dir, data.output_name(name))
+        if target in taken:
+            clashes.append(name)
+            continue
+        taken.add(target)
+        targets[name] = target
+    if clashes:
+        summary(f"Skipped {len(clashes)} images whose refined image would have the name of another's", clashes)
+    for folder in sorted({os.path.dirname(target) for target in targets.values()}):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create folder {folder}: {error.strerror}") from None
+    return targets
 
 
 def _write_refined(batches, refine, targets, total, batch_size):

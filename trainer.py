@@ -106,7 +106,8 @@ class Trainer:
         """The paper's warm-up: the refiner learns the identity under self-regularization only."""
         def losses(chunk):
             refined = self.refiner(chunk, training=True)
-            loss = batch_mean(self_regularization(refined, chunk, self.config.reg_scale), self.config.batch_size)
+            loss = batch_mean(self_regularization(refined, chunk, self.config.reg_scale,
+                                                  self.config.self_regularization), self.config.batch_size)
             return {"regularization_loss": loss, "loss": loss}, (refined,)
 
         losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
@@ -119,7 +120,7 @@ class Trainer:
             refined = self.refiner(chunk, training=True)
             refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2) gaze, (chunk, 7, 7, 2) hand
             return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale,
-                                  self.config.batch_size), (refined,)
+                                  self.config.batch_size, self.config.self_regularization), (refined,)
 
         losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
                                           ("realism_loss", "regularization_loss", "loss"), outputs=1)

@@ -7,6 +7,7 @@ estimation task trains and evaluates on `estimation_sets`. Images stay on disk (
 of .npy files read by index) and reach the networks a batch at a time, in [-1, 1] at the input size.
 """
 import abc
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,14 @@ class DataSet(abc.ABC):
     @property
     def num_synthetic(self):
         return len(self.synthetic_names)
+
+    def output_name(self, name):
+        """Where test mode writes the refined image of synthetic image `name`, relative to OUTPUT_DIR/NAME:
+        `{i}_cropped.png` -> `{i}_refined.png`, any other `{stem}.{ext}` -> `{stem}_refined.png`, so the
+        refined image keeps its frame's number (and label)."""
+        stem = os.path.basename(name)
+        stem = stem[: -len("_cropped.png")] if stem.endswith("_cropped.png") else os.path.splitext(stem)[0]
+        return f"{stem}_refined.png"
 
     @abc.abstractmethod
     def synthetic_batches(self, input_shape, batch_size, seed, shard=(1, 0)):
@@ -56,7 +65,8 @@ class DataSet(abc.ABC):
 
     @abc.abstractmethod
     def label_positions(self, pixels):
-        """(N, 2) (x, y) in pixels: where a cheap proxy of each uint8 image's label lies (the probes watch it)."""
+        """(N, 2) (x, y) in pixels: where a cheap proxy of each uint8 image's label lies (the probes watch it);
+        None for a data set without labels."""
 
     @property
     @abc.abstractmethod

@@ -19,7 +19,7 @@ from data.gaze_data import load_gaze_data
 from data.pipelines import synthetic_dataset
 from data.gaze_sample import write_sample
 from data.unityeyes import CROP_SUFFIX, prepare_crops
-from refine import _write_refined, refine_folder, refined_name
+from refine import _write_refined, refine_folder
 from utils import default_workers, denormalize, save_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def measure_test_mode(args, tmp, train_paths, refiner_flops, bf16, results):
     batches = -(-count // batch)
     decoded = synthetic_dataset(data.synthetic_paths, shape, batch, 0, training=False)
     pixels = denormalize(np.concatenate([crops for crops, _ in decoded]))  # real crops: PNG size depends on content
-    targets = {path: os.path.join(overlap, refined_name(path)) for path in data.synthetic_paths}
+    targets = {path: os.path.join(overlap, data.output_name(path)) for path in data.synthetic_paths}
     stages = {
         "test": lambda: quietly(refine_folder, config, paths, data),
         "load": lambda: load_traced_refiner(checkpoint, shape, images),
