@@ -31,7 +31,8 @@ def refine_folder(config, paths, data):
     Images already refined (a run interrupted earlier) are left as they are and not refined again.
     """
     output, synthetic = os.path.realpath(paths.output_dir), os.path.realpath(data.synthetic_dir)
-    if output == synthetic or output.startswith(os.path.join(synthetic, "")):
+    inside = config.data_set == "folders" and output.startswith(os.path.join(synthetic, ""))  # read as a tree
+    if output == synthetic or inside:
         raise OutputError(f"--output_dir would write into the input folder {synthetic}")
     shape = image_shape(config)
     # An export as it is; a run's refiner alone from its latest checkpoint (no discriminator, optimizers or buffer).

@@ -74,7 +74,9 @@ def read_header(path):
             with Image.open(path) as image:
                 width, height = image.size
                 mode = image.mode
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError):
+    except Image.DecompressionBombError:
+        return TOO_LARGE
+    except (OSError, ValueError, SyntaxError, EOFError):
         return UNREADABLE
     if width * height > MAX_PIXELS:
         return TOO_LARGE
