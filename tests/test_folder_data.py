@@ -239,3 +239,50 @@ def test_flags_of_the_folders_data_set_are_checked(tmp_path):
                           (["--synthetic_image_dir=a", "--real_image_dir=b", "--input_height=8"], "at least")):
         with pytest.raises(ConfigError, match=message):
             check_config(get_config(["--data_set=folders", *argv]))
+
+
+def test_a_pass_over_more_rows_than_the_budget_keeps_resident_memory_flat(tmp_path):
+    """98 MB of decoded rows read through the training pipeline in an epoch: resident memory grows by far
+    less, as the rows stay on disk (a copy in memory, or a memory map, would hold them all)."""
+    from test_npy_file import resident_kib
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    write_images(synthetic, 1, size=(128, 128))
+    for index in range(1, 2000):  # one image under 2000 names: cheap to write, each decoded into its own row
+        os.link(synthetic / "img0.png", synthetic / f"img{index}.png")
+    write_images(real, 3, size=(128, 128), seed=2)
+    data, _ = load(tmp_path, synthetic, real)
+    shape, batch = (128, 128, 3), 10
+    assert len(data.synthetic_rows) * np.prod(shape) > 90 * 2 ** 20
+    batches = iter(data.synthetic_batches(shape, batch, seed=1))
+    for _ in range(20):  # the pipeline's own buffers fill first
+        next(batches)
+    before = resident_kib()
+    for _ in range(len(data.synthetic_rows) // batch):
+        next(batches)
+    assert resident_kib() - before < 32 * 1024
+
+
+def test_a_cache_folder_that_cannot_be_written_leaves_the_rows_in_a_temporary_file(tmp_path, capsys):
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    written = write_images(synthetic, 3)
+    write_images(real, 3, seed=2)
+    os.makedirs(tmp_path / "data")
+    (tmp_path / "data" / "folders").write_text("a file where the cache folder would be")
+    data, _ = load(tmp_path, synthetic, real)
+    out = capsys.readouterr().out
+    assert "Cannot write" in out and "Cannot cache the decoded images" in out
+    assert np.array_equal(data.synthetic_rows[np.arange(3)], np.stack(written))
+
+
+def test_each_input_pipeline_reads_its_own_share(tmp_path):
+    """A cluster's workers (shard = (pipelines, index)) read disjoint shares that cover the folder."""
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    write_images(synthetic, 6, size=(12, 12))
+    write_images(real, 3, size=(12, 12), seed=2)
+    data, _ = load(tmp_path, synthetic, real)
+    seen = []
+    for index in range(2):
+        batches = data.synthetic_batches((12, 12, 3), 3, seed=0, shard=(2, index))
+        seen.append({np.asarray(image).tobytes() for image in next(iter(batches))})
+    every = {np.asarray(image).tobytes() for image in data.test_images((12, 12, 3), 6)}
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == every
