@@ -12,6 +12,7 @@ pose_model.HAND_ESTIMATION.
 import functools
 import json
 import os
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -250,7 +251,9 @@ class EstimatorTrainer:
             for threshold, share in enumerate(within):  # the paper's plot: x-axis degrees or pixels, not steps
                 tf.summary.scalar(f"real/share_within_{unit}", share, step=threshold)
             tf.summary.text("real/evaluation", f"<pre>{table}</pre>", step=step)
-            write_hparams(self.config, ESTIMATION_FLAGS, (f"real/{name}", f"real/within_{marked}_{unit}"),
+            # The evaluated run's own flags, not this command's: evaluating again passes only a few.
+            trained_with = types.SimpleNamespace(**{**vars(self.config), **self._training_params()})
+            write_hparams(trained_with, ESTIMATION_FLAGS, (f"real/{name}", f"real/within_{marked}_{unit}"),
                           trained_on=results["trained_on"])
             writer.flush()
 

@@ -244,6 +244,23 @@ def test_evaluation_mode_measures_the_saved_estimator_again(trained):
     after = json.loads((root / "logs" / name / "evaluation.json").read_text())
     assert after["mean_angular_error"] == pytest.approx(before["mean_angular_error"], abs=1e-4)
     assert after["trained_on"] == "synthetic" and "within d degrees" in result.stdout
+    # The HParams of the evaluation are the evaluated run's flags (its params.json), not this command's.
+    trained_batch = json.loads((root / "logs" / name / "params.json").read_text())["batch_size"]
+    assert trained_batch != 7 and last_hparams(root / "logs" / name)["batch_size"] == trained_batch
+
+
+def last_hparams(model_dir):
+    """{flag: value} of the newest HParams session a run folder's event files hold."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    found = None
+    for path in sorted(model_dir.glob("events.out.tfevents.*"), key=os.path.getmtime):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    session = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    found = {flag: item.string_value or item.number_value
+                             for flag, item in session.session_start_info.hparams.items()}
+    return found
 
 
 def test_evaluating_a_missing_estimator_is_one_clear_error(sample, capsys):
