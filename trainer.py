@@ -183,10 +183,10 @@ class Trainer:
     def train(self):
         """Warm up the refiner, then the discriminator, then alternate; resumable at any point."""
         self.restore()
+        rows, cols = self.config.sample_image_grid  # fixed images, the first ones whether probed or not: every
+        self.test_images = self.data.test_images(self.image_shape, rows * cols)  # sample grid is comparable
         self.probes = self._hold_out_for_probes()  # before the streams open: they must not draw these
         self._open_batches(self.config.random_seed + self.global_step)  # a resumed run continues with fresh batches
-        rows, cols = self.config.sample_image_grid  # fixed images: every sample grid is comparable
-        self.test_images = self.data.test_images(self.image_shape, rows * cols)
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
         supervisor = Supervisor(self.config, self.checkpoints, self.strategy)

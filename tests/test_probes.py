@@ -36,7 +36,31 @@ def test_a_constant_image_is_always_told_from_real_ones():
 
 def test_two_sets_of_one_constant_image_are_a_coin_toss_not_an_error():
     constant = np.full((20, 8, 8, 1), 100, np.uint8)
-    assert realism_accuracy(constant, constant) <= 0.5
+    assert realism_accuracy(constant, constant) == 0.5
+
+
+def test_identical_sets_are_a_coin_toss():
+    images, _ = eyes(100, seed=8)
+    assert 0.4 <= realism_accuracy(images, images, seed=0) <= 0.6
+
+
+def test_the_probes_follow_what_is_refined():
+    """An identity refiner scores the unrefined images' mark; one that moves the images towards the real
+    ones scores closer to real on every probe."""
+    from probes import Probes
+    from utils import normalize
+    synthetic, _ = eyes(60, seed=9, brightness=150, noise=5)
+    real, _ = eyes(60, seed=10, brightness=110, noise=12)
+    probes = Probes(normalize(synthetic.astype(np.float32)), normalize(real.astype(np.float32)), pupil_positions,
+                    16, seed=0)
+    writer = tf.summary.create_noop_writer()
+    with writer.as_default():
+        same = probes.write(lambda images: images, step=1)
+        darker = probes.write(lambda images: np.clip(images - 40 / 127.5, -1, 1), step=2)
+    assert same["realism_accuracy"] == same["realism_accuracy_synthetic"] and same["grey_level_change"] == 0.0
+    assert same["label_shift"] == 0.0
+    assert darker["brightness_distance"] < same["brightness_distance"] - 1
+    assert darker["grey_level_change"] == pytest.approx(40, abs=1)
 
 
 def test_the_further_from_real_the_better_the_images_are_told_apart():
@@ -168,3 +192,50 @@ def test_eval_step_zero_holds_nothing_out_and_writes_no_probe(sample_folders):
     assert "Probes" not in result.stdout
     tags = events_of(root / "logs" / "generative_unprobed").Tags()["tensors"]
     assert tags and not [tag for tag in tags if tag.startswith("probe/")]
+
+
+# ---- the probes' images never reach training
+
+def _gaze(root):
+    from config import get_config
+    from data.gaze_data import load_gaze_data
+    write_sample(root / "gaze", num_synthetic=50, num_real=50, seed=4, workers=1)
+    return load_gaze_data(get_config([f"--data_dir={root}"])), (35, 55, 1)
+
+
+def _hand(root):
+    from config import get_config
+    from data.hand_data import load_hand_data
+    from data.hand_sample import write_hand_sample
+    write_hand_sample(root / "hand", num_train=50, num_test=2, seed=2, workers=1)
+    return load_hand_data(get_config(["--data_set=hand", f"--data_dir={root}", "--input_height=16",
+                                      "--input_width=16"])), (16, 16, 1)
+
+
+def _folders(root):
+    from config import get_config
+    from data.folder_data import load_folder_data
+    from test_folder_data import write_images
+    write_images(root / "synthetic", 50, size=(12, 12))
+    write_images(root / "real", 50, size=(12, 12), seed=1)
+    return load_folder_data(get_config(["--data_set=folders", f"--synthetic_image_dir={root / 'synthetic'}",
+                                        f"--real_image_dir={root / 'real'}", f"--data_dir={root}"])), (12, 12, 3)
+
+
+@pytest.mark.parametrize("load", [_gaze, _hand, _folders])
+def test_the_held_out_images_never_reach_a_training_stream(load, tmp_path):
+    """Every stream the trainer opens (synthetic, the discriminator's fresh half, real), read by one input
+    pipeline or by two (a cluster's shards), for an epoch: each image drawn is a kept one, and every kept
+    one is drawn (so the check is not empty)."""
+    data, shape = load(tmp_path)
+    held_synthetic, held_real = data.hold_out(10, shape, seed=7)
+    kept = {"synthetic": 40, "real": len(data.real_images)}
+    for pipelines in (1, 2):
+        for kind, held in (("synthetic", held_synthetic), ("real", held_real)):
+            drawn = set()
+            for index in range(pipelines):
+                batches = getattr(data, f"{kind}_batches")(shape, 4, seed=3, shard=(pipelines, index))
+                for batch in batches.take(kept[kind] // (4 * pipelines)):
+                    drawn |= {np.asarray(image).tobytes() for image in batch}
+            assert not drawn & {np.asarray(image).tobytes() for image in held}, (kind, pipelines)
+            assert len(drawn) == kept[kind] - kept[kind] % (4 * pipelines), (kind, pipelines)
