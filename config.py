@@ -35,6 +35,11 @@ DATA_SET_DEFAULTS = {
     # (resolve_folder_flags, once the folders are read). The channel mean: measured in README, 'Your own data'.
     "folders": {"self_regularization": "channel_mean"},
 }
+# `python main.py` on the bundled gaze sample (only there): a first run that shows a result in about 15 minutes
+# on 2 cores in fp32 (README, 'Results on the bundled sample'), probed often enough to see the realism probe
+# fall. Flags given on the command line win; --sample_schedule=False gives the original's defaults.
+SAMPLE_SCHEDULE = {"batch_size": 32, "buffer_size": 3200, "initial_K_g": 100, "initial_K_d": 50, "max_step": 150,
+                   "log_step": 10, "eval_step": 50}
 # Flags --data_set=folders sets from the images when they are not given (resolve_folder_flags).
 FOLDER_AUTO_FLAGS = ("input_height", "input_width", "input_channel", "initial_K_g", "batch_size", "buffer_size",
                      "learning_rate")
@@ -150,6 +155,9 @@ def _build_parser():
     misc.add_argument("--refiner_path", default="",
                       help="estimator: train on crops refined by this generative model (name under LOG_DIR, or path)")
     misc.add_argument("--debug", type=str2bool, default=False, help="print the losses of every step")
+    misc.add_argument("--sample_schedule", type=str2bool, default=True,
+                      help="on the bundled gaze sample, a schedule sized for it (about 15 minutes on 2 cores) for "
+                           "the flags not given; False: the original's defaults there too")
     misc.add_argument("--gpu_memory_fraction", type=float, default=1.0, help="share of GPU memory TensorFlow may take (1.0: grow as needed)")
     misc.add_argument("--mixed_precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                       help="auto: bf16 on a CPU with native bfloat16 (AMX or AVX512-BF16, about 4x faster), "
@@ -167,12 +175,37 @@ def _build_parser():
 
 
 def get_config(argv=None):
-    """Parse the command line (sys.argv when argv is None); unknown flags are an error."""
-    config = _build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """Parse the command line (sys.argv when argv is None); unknown flags are an error.
+
+    config.given_flags: the flags the command line named (not saved in params.json: not a flag).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    config = _build_parser().parse_args(argv)
     for flag, default in DATA_SET_DEFAULTS[config.data_set].items():
         if getattr(config, flag) is None:
             setattr(config, flag, default)
+    config.given_flags = _given_flags(argv)
     return config
+
+
+def _given_flags(argv):
+    """The flags argv names: parsed again with no defaults, so only what was given is set."""
+    parser = _build_parser()
+    for action in parser._actions:  # argparse has no public way to drop every default
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(parser.parse_args(argv)))
+
+
+def apply_sample_schedule(config):
+    """Training on the bundled gaze sample: SAMPLE_SCHEDULE for the flags not given (none with
+    --sample_schedule=False). Returns {flag: value} of those set."""
+    if not (config.sample_schedule and config.is_train and config.task == "generative"):
+        return {}
+    given = getattr(config, "given_flags", frozenset())  # a config made in code names none
+    chosen = {flag: value for flag, value in SAMPLE_SCHEDULE.items() if flag not in given}
+    for flag, value in chosen.items():
+        setattr(config, flag, value)
+    return chosen
 
 
 def image_shape(config):

@@ -59,9 +59,8 @@ def run(config):
     if refining and config.data_set == "folders":
         take_trained_input(config)
     data = load_data(config)
-    if config.data_set == "folders":  # the images set the flags left open: check them now
-        check_config(config)
-        check_config_against_replicas(config, strategy.num_replicas_in_sync)
+    check_config(config)  # again: the data may have set flags (the sample's schedule, the folders' input)
+    check_config_against_replicas(config, strategy.num_replicas_in_sync)
     check_config_against_data(config, data)  # the last check: no network exists yet
     if config.is_train:
         print(describe(strategy, precision))

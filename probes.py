@@ -176,6 +176,8 @@ class Probes:
         self.label_positions, self.refine_batch, self.seed = label_positions, refine_batch, seed
         self.has_labels = label_positions(self.synthetic_pixels[:1]) is not None
         self.baseline_written = False
+        self.marks = {}  # the unrefined images' realism accuracy and statistics distance: what refining starts from
+        self.last, self.last_step = {}, None  # the latest probe's values, for the run's report
 
     def write(self, refine, step):
         """Refine the held-out synthetic images with refine(images) and write every probe at x = step; the values."""
@@ -185,9 +187,12 @@ class Probes:
         values = {"realism_accuracy": classifier_accuracy(image_features(refined, statistics), self.real_features,
                                                           self.seed)}
         if not self.baseline_written:  # the unrefined images' accuracy: the mark the refiner starts from
-            synthetic_features = image_features(self.synthetic_pixels, image_statistics(self.synthetic_pixels))
+            synthetic_statistics = image_statistics(self.synthetic_pixels)
+            synthetic_features = image_features(self.synthetic_pixels, synthetic_statistics)
             values["realism_accuracy_synthetic"] = classifier_accuracy(synthetic_features, self.real_features,
                                                                        self.seed)
+            self.marks = {"realism_accuracy": values["realism_accuracy_synthetic"], "statistics_distance":
+                          statistics_distance(synthetic_statistics, self.real_statistics)["distance"]}
             self.baseline_written = True
         distances = statistics_distance(statistics, self.real_statistics)
         values["statistics_distance"] = distances.pop("distance")
@@ -197,4 +202,5 @@ class Probes:
             values["label_shift"] = label_shift(self.synthetic_pixels, refined, self.label_positions)
         for name, value in values.items():
             tf.summary.scalar(f"probe/{name}", value, step=step)
+        self.last, self.last_step = values, step
         return values

@@ -20,6 +20,7 @@ from hparams import GENERATIVE_FLAGS, write_hparams
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
                    self_regularization)
 from probes import METRICS as PROBE_METRICS, Probes
+from run_report import print_run_report
 from training_loop import Supervisor, apply_gradients, make_optimizer, minimize
 from utils import denormalize, img_tile, save_image
 
@@ -193,11 +194,12 @@ class Trainer:
         with self.summary_writer.as_default(), supervisor as self.supervisor:
             if self.chief:
                 write_hparams(self.config, GENERATIVE_FLAGS, PROBE_METRICS)
-            for phase in (self._warm_up_refiner, self._warm_up_discriminator, self._train_adversarially):
-                if not phase():
-                    break
+            finished = all(phase() for phase in (self._warm_up_refiner, self._warm_up_discriminator,
+                                                 self._train_adversarially))  # all(): stops at the first False
         self.checkpoints.save(self.global_step)
         self.checkpoints.close()
+        if self.chief:
+            print_run_report(self.config, self.paths, self.checkpoints.latest, self.probes, finished)
 
     def _open_batches(self, seed):
         """The three input streams; in a cluster each worker reads only its replicas' shares of each batch.

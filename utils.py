@@ -80,7 +80,8 @@ def make_run_folders(config, paths, chief=True):
 
 def save_params(config, paths):
     """Write the flags (and only the flags), sorted and indented, to MODEL_DIR/params.json."""
-    write_json(os.path.join(paths.model_dir, "params.json"), vars(config), sort_keys=True)
+    flags = {flag: value for flag, value in vars(config).items() if flag != "given_flags"}
+    write_json(os.path.join(paths.model_dir, "params.json"), flags, sort_keys=True)
 
 
 def write_json(path, values, sort_keys=False):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from config import apply_sample_schedule
 from data import mpiigaze, unityeyes
 from data.data_set import DataSet, EstimationSets, held_out_indices
 from data.download import fetch_mpiigaze
@@ -124,6 +125,7 @@ def load_gaze_data(config, download=True):
                            lambda folder: write_sample(folder, seed=config.random_seed),
                            f"UnityEyes data in {os.path.join(config.data_dir, 'gaze', 'UnityEyes')}",
                            "real UnityEyes/MPIIGaze images", "Real data")
+        _announce_sample_schedule(apply_sample_schedule(config))
     if refining and is_plain_image_folder(synthetic_dir):
         synthetic_paths = _load_plain_images(synthetic_dir)
     else:
@@ -136,6 +138,13 @@ def load_gaze_data(config, download=True):
     if config.is_train and config.task == "estimation":
         data.split = _split(synthetic_paths, config.validation_share, config.random_seed)
     return data
+
+
+def _announce_sample_schedule(chosen):
+    if chosen:
+        flags = " ".join(f"--{flag}={value}" for flag, value in chosen.items())
+        print(f"[*] A schedule sized for the bundled sample, about 15 minutes on 2 cores: {flags} "
+              f"(--sample_schedule=False: the original's defaults)")
 
 
 def _split(synthetic_paths, validation_share, seed):

@@ -48,6 +48,15 @@ def test_the_input_and_networks_follow_the_images_and_say_why(run):
     assert "the eye networks" in result.stdout
 
 
+def test_the_run_ends_with_a_report_a_user_can_act_on(run):
+    root, folders, name, result, _ = run
+    assert "[*] Done." in result.stdout and "Probes at refiner step 4: realism accuracy" in result.stdout
+    assert f"tensorboard --logdir={root / 'logs'}" in result.stdout
+    refine = result.stdout.split("Refine the synthetic images with it: ")[1].splitlines()[0]
+    assert refine.startswith(f"python main.py --is_train=False --load_path={name} --data_set=folders")
+    assert f"--synthetic_image_dir={root / 'renders'}" in refine
+
+
 def test_training_writes_colour_samples_summaries_and_probes_without_a_label_shift(run):
     root, _, name, _, _ = run
     model_dir = root / "logs" / name

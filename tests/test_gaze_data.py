@@ -147,6 +147,24 @@ def test_default_folders_without_data_fall_back_to_the_sample_once(tmp_path, mon
         load_gaze_data(get_config([f"--data_dir={tmp_path / 'mine'}"]))
 
 
+def test_the_bundled_sample_takes_a_schedule_sized_for_it_and_given_flags_win(tmp_path, monkeypatch, capsys):
+    from config import SAMPLE_SCHEDULE
+    monkeypatch.setattr(gaze_data, "SAMPLE_GAZE_DIR", tmp_path / "sample" / "gaze")
+    write_sample(tmp_path / "sample" / "gaze", num_synthetic=8, num_real=6, seed=1)
+    monkeypatch.chdir(tmp_path)
+    config = get_config(["--max_step=7", "--batch_size=512"])
+    load_gaze_data(config)
+    assert (config.max_step, config.batch_size) == (7, 512)  # given: they win
+    assert (config.initial_K_g, config.eval_step) == (SAMPLE_SCHEDULE["initial_K_g"], SAMPLE_SCHEDULE["eval_step"])
+    assert "--sample_schedule=False" in capsys.readouterr().out
+    original = get_config(["--sample_schedule=False"])
+    load_gaze_data(original)
+    assert (original.max_step, original.initial_K_g, original.batch_size) == (10000, 1000, 512)
+    real_data = get_config([f"--data_dir={tmp_path / 'sample'}"])  # the same images, named: real data's defaults
+    load_gaze_data(real_data)
+    assert (real_data.max_step, real_data.batch_size) == (10000, 512)
+
+
 def test_missing_real_data_offline_says_where_to_put_it(sample_root, tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
     (data_dir / "gaze").mkdir(parents=True)
