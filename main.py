@@ -19,6 +19,7 @@ from data.folder_data import load_folder_data  # noqa: E402
 from data.gaze_data import load_gaze_data  # noqa: E402
 from data.hand_data import load_hand_data  # noqa: E402
 from data.image_folder import write_real_samples  # noqa: E402
+from data.pipelines import stream_failure  # noqa: E402
 from data.reports import DataError  # noqa: E402
 from distribution import (configure_devices, configure_precision, describe, is_chief, make_strategy,  # noqa: E402
                           planned_replicas)
@@ -82,6 +83,11 @@ def main(argv=None):
         run(config)
     except USER_ERRORS as error:
         print(f"[!] {error}", file=sys.stderr)
+        return 1
+    except tf.errors.OpError as error:  # an input stream that can read nothing more: one line; else a bug
+        if stream_failure(error) is None:
+            raise
+        print(f"[!] {stream_failure(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("[!] Interrupted", file=sys.stderr)

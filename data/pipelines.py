@@ -5,6 +5,9 @@ every batch (TF 0.12's `tf.image.resize_images`: bilinear, no antialiasing, no h
 Training pipelines are shuffled with a seed, repeated and cut into fixed-size batches (one trace of
 each step function); evaluation pipelines keep the order and the last partial batch.
 """
+import os
+import threading
+
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -35,10 +38,58 @@ def to_network_input(pixels, input_shape):
     return normalize(images)
 
 
-def _decode_crop(path, input_shape):
+# Starts the message of an error a stream raises inside TensorFlow's (main.py prints that message alone).
+STREAM_FAILED = "Reading stopped: "
+
+
+def _decode_crop(path, input_shape, contents=None):
     """A crop (or any PNG or JPEG, colour or grey) -> (H, W, C) float32 in [-1, 1] at the network's input size."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=input_shape[-1], expand_animations=False)
+    contents = tf.io.read_file(path) if contents is None else contents
+    image = tf.io.decode_image(contents, channels=input_shape[-1], expand_animations=False)
     return to_network_input(image[None], input_shape)[0]
+
+
+def stream_failure(error):
+    """The one-line message of a stream that stopped reading (STREAM_FAILED), found in TensorFlow's error text;
+    None for any other error."""
+    text = str(error)
+    start = text.find(STREAM_FAILED)
+    return None if start < 0 else text[start:].splitlines()[0]
+
+
+class ReadWatch:
+    """Reads a training stream's files, counting those that cannot be read in a row: a file removed mid-run
+    is skipped, but once `limit` reads in a row have failed (a disk unmounted, a folder moved) the stream
+    ends with an error naming the folder, instead of skipping every file of every epoch for ever."""
+
+    def __init__(self, limit):
+        self.limit, self.failures, self.lock, self.message = limit, 0, threading.Lock(), None
+
+    def read(self, path):
+        """(contents, b"" when unreadable; whether the stream is to stop)."""
+        path = path.decode()
+        try:
+            with open(path, "rb") as handle:
+                contents = handle.read()
+        except OSError as error:
+            with self.lock:
+                self.failures += 1
+                if self.failures == 1 and self.message is None:
+                    tqdm.write(f"[!] Cannot read {path} ({error.strerror}): skipped; {self.limit} unreadable in a "
+                               f"row end training")
+                if self.failures >= self.limit and self.message is None:
+                    self.message = (f"{STREAM_FAILED}{self.failures} files in a row could not be read, the last "
+                                    f"{path} ({error.strerror}): is {os.path.dirname(path)} still there?")
+                return b"", np.bool_(self.message is not None)
+        with self.lock:
+            self.failures = 0
+        return contents, np.bool_(False)
+
+    def check(self, stop):
+        """Raise the stream's error once it is to stop (after ignore_errors, which would drop it)."""
+        if stop:
+            raise OSError(self.message)
+        return stop
 
 
 def _indices(count, seed, shard):
@@ -72,10 +123,22 @@ def synthetic_dataset(paths, input_shape, batch_size, seed, training=True, shard
     paths = tf.constant(list(paths), tf.string)  # the names only: 1.2 M of them are some 100 MB
     indices = _indices(len(paths), seed if training else None, shard)
     if training:
-        dataset = indices.map(lambda index: _decode_crop(paths[index], input_shape),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        watch = ReadWatch(limit=batch_size)  # a batch's worth of files unreadable in a row ends the stream
+
+        def load(index):
+            contents, stop = tf.numpy_function(watch.read, [paths[index]], [tf.string, tf.bool], stateful=True)
+            contents, stop = tf.ensure_shape(contents, []), tf.ensure_shape(stop, [])
+            readable = tf.strings.length(contents) > 0
+            image = tf.cond(readable, lambda: _decode_crop(None, input_shape, contents),
+                            lambda: tf.zeros(input_shape, tf.float32))
+            return image, readable, stop
+
+        dataset = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A crop damaged after the start's check (a disk error mid-run) is skipped with a warning, not fatal.
         dataset = dataset.ignore_errors(log_warning=True)
+        dataset = dataset.filter(
+            lambda image, readable, stop: tf.numpy_function(watch.check, [stop], tf.bool, stateful=True) | readable)
+        dataset = dataset.map(lambda image, readable, stop: image)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     dataset = indices.map(lambda index: (_decode_crop(paths[index], input_shape), paths[index]),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -96,7 +159,10 @@ def array_batches(images, input_shape, batch_size, seed=None, labels=None, names
     extra_dtype = tf.float32 if labels is not None else tf.string
 
     def read(indices):
-        rows = np.asarray(images[indices])
+        try:
+            rows = np.asarray(images[indices])
+        except OSError as error:  # the rows' file on a disk gone: nothing more can be read from it
+            raise OSError(f"{STREAM_FAILED}cannot read {getattr(images, 'path', 'the images')}: {error}") from None
         values = None if extra is None else np.asarray(extra[indices])
         if transform is not None:
             rows, values = transform(rows, values, indices)

@@ -3,6 +3,7 @@ import functools
 import http.server
 import io
 import os
+import shutil
 import tarfile
 import threading
 
@@ -363,3 +364,38 @@ def test_fetch_mpiigaze_is_not_used_when_the_files_exist(sample_root, tmp_path, 
     monkeypatch.setattr(gaze_data, "fetch_mpiigaze", functools.partial(pytest.fail, "downloaded"))
     remove_cache(sample_root / "gaze")  # made by an earlier test, or not
     assert len(load_gaze_data(config_for(sample_root, tmp_path)).real_images) == 20
+
+
+def test_a_stream_skips_a_file_gone_mid_run_and_stops_when_it_can_read_nothing(tmp_path, capsys):
+    from data.pipelines import stream_failure
+    from test_worker_pool import deadline
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    paths = []
+    for index in range(20):
+        paths.append(str(folder / f"{index}_cropped.png"))
+        Image.fromarray(np.full((84, 140), index * 10, np.uint8)).save(paths[-1])
+    batches = iter(synthetic_dataset(paths, SHAPE, 4, seed=1))
+    next(batches)
+    os.remove(paths[0])
+    for _ in range(10):  # a file removed mid-run: skipped, with a line
+        assert next(batches).shape == (4, *SHAPE)
+    assert "Cannot read" in capsys.readouterr().out
+    shutil.rmtree(folder)  # every file gone (a disk unmounted): the stream ends, it does not spin
+    with deadline(30), pytest.raises(tf.errors.OpError) as error:
+        for _ in range(1000):
+            next(batches)
+    message = stream_failure(error.value)
+    assert message.startswith("Reading stopped: 4 files in a row") and str(folder) in message
+    assert "\n" not in message
+
+
+def test_main_prints_a_stopped_stream_as_one_line(monkeypatch, capsys):
+    import main
+
+    def stopped(config):
+        raise tf.errors.UnknownError(None, None, "OSError: Reading stopped: 4 files in a row could not be read\n"
+                                                 "Traceback (most recent call last): ...")
+    monkeypatch.setattr(main, "run", stopped)
+    assert main.main([]) == 1
+    assert capsys.readouterr().err == "[!] Reading stopped: 4 files in a row could not be read\n"
