@@ -47,6 +47,11 @@ class RefinerExporter:
         self.module.serve = tf.function(lambda images: {SIGNATURE_OUTPUT: self.copy(images, training=False)},
                                         input_signature=[spec])
 
+    @property
+    def files(self):
+        """Where the exports are written: the .keras file, the SavedModel folder."""
+        return os.path.join(self.model_dir, KERAS_FILE), os.path.join(self.model_dir, SAVED_MODEL_DIR) + os.sep
+
     def __call__(self):
         self.copy.set_weights(self.refiner.get_weights())
         atomic_write(os.path.join(self.model_dir, KERAS_FILE), self.copy.save, to_path=True)

@@ -1,8 +1,4 @@
 """What a training run tells its user at the end: how refinement went and what to do next, in a few lines."""
-import os
-
-from export import KERAS_FILE, SAVED_MODEL_DIR
-
 # Flags whose non-default values another command on this run needs too: {flag: the default}.
 DATA_FLAGS = {"data_set": "gaze", "data_dir": "data", "log_dir": "logs"}
 
@@ -31,13 +27,13 @@ def probe_lines(probes):
     return lines
 
 
-def print_run_report(config, paths, checkpoint, probes, finished):
-    """The end of a run: how far it got, the probes, where its outputs are, the next commands."""
+def print_run_report(config, paths, checkpoint, probes, finished, exports):
+    """The end of a run: how far it got, the probes, where its outputs are (exports: the refiner's files), the
+    next commands."""
     name = paths.model_name
     state = "Done" if finished else f"Stopped; resume with python main.py --load_path={name} and the same flags"
     lines = [f"[*] {state}. Checkpoint {checkpoint}", *probe_lines(probes),
-             f"[*] Sample grids in {paths.sample_dir}/; exports {os.path.join(paths.model_dir, KERAS_FILE)} and "
-             f"{os.path.join(paths.model_dir, SAVED_MODEL_DIR)}/",
+             f"[*] Sample grids in {paths.sample_dir}/; exports {' and '.join(exports)}",
              f"[*] Watch it: tensorboard --logdir={config.log_dir}",
              f"[*] Refine the synthetic images with it: {refine_command(config, name)}"]
     print("\n".join(lines))

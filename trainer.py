@@ -71,9 +71,9 @@ class Trainer:
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
             refiner_optimizer=self.refiner_optimizer, discriminator_optimizer=self.discriminator_optimizer,
             history_buffer=self.history_buffer)
-        export = RefinerExporter(self.refiner, paths.model_dir) if self.chief else None  # beside each checkpoint
+        self.exporter = RefinerExporter(self.refiner, paths.model_dir) if self.chief else None  # beside each checkpoint
         self.checkpoints = Checkpoints(checkpoint, paths.model_dir, max_to_keep=3, every_secs=config.checkpoint_secs,
-                                       announce=self.chief, on_save=export, chief=self.chief)
+                                       announce=self.chief, on_save=self.exporter, chief=self.chief)
         # XLA on CPUs runs convolutions inside a loop body very slowly (minutes per step): one pass there.
         self.replica_batch = config.batch_size // replicas
         self.micro_batches = 1 if config.jit_compile else micro_batches(self.replica_batch, self.image_shape)
@@ -199,7 +199,8 @@ class Trainer:
         self.checkpoints.save(self.global_step)
         self.checkpoints.close()
         if self.chief:
-            print_run_report(self.config, self.paths, self.checkpoints.latest, self.probes, finished)
+            print_run_report(self.config, self.paths, self.checkpoints.latest, self.probes, finished,
+                             self.exporter.files)
 
     def _open_batches(self, seed):
         """The three input streams; in a cluster each worker reads only its replicas' shares of each batch.
