@@ -30,8 +30,9 @@ from refine import refine_folder, take_trained_input  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from training_loop import TrainingDiverged  # noqa: E402
 from utils import OutputError, make_run_folders, run_paths, save_params  # noqa: E402
+from worker_processes import WorkerLost  # noqa: E402
 
-USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged)
+USER_ERRORS = (ConfigError, DataError, OutputError, CheckpointError, TrainingDiverged, WorkerLost)
 # --data_set: its loader (-> a data.data_set.DataSet) and its part of the estimation task.
 DATA_SETS = {"gaze": (load_gaze_data, GAZE_ESTIMATION), "hand": (load_hand_data, HAND_ESTIMATION),
              "folders": (load_folder_data, None)}

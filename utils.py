@@ -1,17 +1,13 @@
-"""Host helpers: run folders, params.json, atomic file writes, images, worker processes, the machine.
+"""Host helpers: run folders, params.json, atomic file writes, images, the machine (worker processes:
+worker_processes.py).
 
 The lowest layer of the program: numpy and Pillow only, no TensorFlow and no
 other module of ours, so the data package's worker processes can import it.
 """
-import contextlib
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +16,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-MAX_WORKERS = 32  # a cap on worker processes, so a 128-core node does not start 128 decoders
-POOL_STOP_SECONDS = 5  # how long stopped workers get to exit on SIGTERM before they are killed
 
 
 class OutputError(OSError):
@@ -186,74 +180,6 @@ def img_tile(images, rows, cols, border=1):
         left = border + (index % cols) * (width + border)
         grid[top:top + height, left:left + width] = images[index]
     return grid
-
-
-# ---- worker processes ----
-
-def default_workers():
-    """Processes for host work (cropping, drawing the sample): the CPUs this process may use, 2 to 32."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 2
-    return max(2, min(cpus, MAX_WORKERS))
-
-
-def process_context():
-    """fork on Linux: cheap, and it does not re-import the caller's TensorFlow; elsewhere only spawn is safe."""
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-@contextlib.contextmanager
-def worker_pool(workers, initializer=None):
-    """A process pool for a with block: closed and joined when its work is done, else stopped, never hung.
-
-    The work is done when the block ends without an exception and no task is in flight: close() and
-    join() then let each worker take its end-of-work sentinel and exit on its own. An exception, a
-    Ctrl-C, or a block that leaves tasks in flight (a loop that stops early) stops the pool instead:
-    terminate(), and SIGKILL for any worker still alive POOL_STOP_SECONDS later. Workers ignore Ctrl-C's
-    SIGINT, so an interrupt is the parent's KeyboardInterrupt alone, not a traceback from every worker.
-    """
-    pool = process_context().Pool(workers, initializer=_start_worker, initargs=(initializer,))
-    finished = False
-    try:
-        yield pool
-        if not pool._cache:  # no result left to collect: nothing in flight (Pool has no public test for it)
-            pool.close()
-            pool.join()
-            finished = True
-    finally:
-        if not finished:
-            _stop_pool(pool)
-
-
-def _start_worker(initializer):
-    """Pool initializer: Ctrl-C is the parent's to handle (it stops the pool), then the caller's initializer."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if initializer is not None:
-        initializer()
-
-
-def _stop_pool(pool):
-    """terminate() the pool, waiting POOL_STOP_SECONDS at most before killing the workers still alive.
-
-    terminate() takes the task queue's lock for good, SIGTERMs the workers and joins them with no time
-    limit. A Python SIGTERM handler runs between bytecodes: an idle worker that got the signal just as it
-    blocked on that lock never runs it, and a run waited there forever. So terminate() runs in a thread
-    we stop waiting for, and the workers it could not end are killed.
-    """
-    stopper = threading.Thread(target=pool.terminate, name="stop-worker-pool", daemon=True)
-    stopper.start()
-    try:
-        stopper.join(POOL_STOP_SECONDS)
-    finally:
-        workers = list(pool._pool)  # Pool has no public list of its processes
-        for worker in workers:
-            if worker.exitcode is None:
-                worker.kill()
-        stopper.join(POOL_STOP_SECONDS)  # terminate() reaps the killed, unless it is stuck for good ...
-        for worker in workers:
-            worker.join(POOL_STOP_SECONDS)  # ... and then these do: no zombie is left
 
 
 # ---- the machine ----

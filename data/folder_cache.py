@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from data import folder_images
 from data.npy_file import read_rows, temporary_rows, write_rows
-from utils import atomic_write, default_workers, worker_pool
+from utils import atomic_write
+from worker_processes import default_workers, worker_pool
 
 LISTING_VERSION = 1
 ROWS_VERSION = 1

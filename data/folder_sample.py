@@ -36,6 +36,7 @@ from scipy.ndimage import gaussian_filter
 
 from data.sample_staging import check_counts, run_tasks
 from utils import atomic_write, save_image, write_json
+from worker_processes import WorkerLost
 
 WRITER = "data.folder_sample"
 MARKER_NAME = ".folder_sample"
@@ -375,7 +376,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         pair = write_folder_pair(args.out, args.count, args.seed)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, WorkerLost) as error:
         parser.exit(1, f"[!] {error}\n")
     kept = 2 * pair.count - pair.written
     done = (f"Wrote {pair.count} renders to {pair.synthetic_dir} and {pair.count} camera images to {pair.real_dir}"

@@ -35,7 +35,8 @@ from data.npy_file import RowSubset, npz_member_rows, read_rows, write_rows, wri
 from data.pipelines import array_batches, rows_on_disk, to_network_input
 from data.reports import DataError, report_skipped
 from data.sample_staging import use_bundled_sample
-from utils import atomic_write, default_workers
+from utils import atomic_write
+from worker_processes import default_workers
 
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
 BOX_MARGIN = 1.3       # the crop's side: the joints' larger extent times this (fingertip joints lie inside the skin)

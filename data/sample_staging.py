@@ -14,7 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils import OutputError, default_workers, worker_pool
+from utils import OutputError
+from worker_processes import WorkerLost, default_workers, worker_pool
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def command_line(argv, description, out_help, counts, seed, write, summary):
     args = parser.parse_args(argv)
     try:
         report = write(args.out, *(getattr(args, name) for name in counts), seed=args.seed)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, WorkerLost) as error:
         parser.exit(2, f"[!] {error}\n")
     print(summary.format_map(vars(report)))
 

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils import atomic_write, default_workers, save_image, worker_pool
+from utils import atomic_write, save_image
+from worker_processes import default_workers, worker_pool
 
 CROP_WIDTH, CROP_HEIGHT = 140, 84
 CROP_SUFFIX = '_cropped.png'

@@ -20,7 +20,8 @@ from data.pipelines import synthetic_dataset
 from data.gaze_sample import write_sample
 from data.unityeyes import CROP_SUFFIX, prepare_crops
 from refine import _write_refined, refine_folder
-from utils import default_workers, denormalize, save_image
+from utils import denormalize, save_image
+from worker_processes import default_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_TIMEOUT_SECS = 900

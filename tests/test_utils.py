@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from config import get_config
-from utils import (CPU_BF16_VARIABLE, OutputError, atomic_write, cpu_has_bf16, default_workers, denormalize, img_tile, make_run_folders,
+from utils import (CPU_BF16_VARIABLE, OutputError, atomic_write, cpu_has_bf16, denormalize, img_tile, make_run_folders,
                    model_name, normalize, run_paths, save_image, save_params)
+from worker_processes import default_workers
 
 
 def test_model_name_follows_the_original():
