@@ -33,7 +33,7 @@ DATA_SET_DEFAULTS = {
              "buffer_size": 3200, "learning_rate": 1e-4, "self_regularization": "identity"},
     # Any two folders: the input follows the images and the networks and schedule follow the input
     # (resolve_folder_flags, once the folders are read). The channel mean: measured in README, 'Your own data'.
-    "folders": {"self_regularization": "channel_mean"},
+    "folders": {"self_regularization": "colour_cast"},
 }
 # `python main.py` on the bundled gaze sample (only there): a first run that shows a result in about 15 minutes
 # on 2 cores in fp32 (README, 'Results on the bundled sample'), probed often enough to see the realism probe
@@ -117,9 +117,10 @@ def _build_parser():
                             "(--task=estimation: evaluate the estimator at --load_path on the real images)")
     train.add_argument("--max_step", type=int, default=10000, help="adversarial iterations after pre-training")
     train.add_argument("--reg_scale", type=float, default=0.5, help="lambda: weight of the self-regularization (L1) loss")
-    train.add_argument("--self_regularization", choices=["identity", "channel_mean"],
+    train.add_argument("--self_regularization", choices=["identity", "channel_mean", "colour_cast"],
                        help="psi of the self-regularization |psi(refined) - psi(synthetic)|: identity (the original's; "
-                            "gaze, hand) or the mean of the colour channels (folders)")
+                            "gaze, hand), the mean of the colour channels, or colour_cast: a cast over the whole "
+                            "image free, the colours of its parts anchored (folders)")
     train.add_argument("--initial_K_g", type=int, help="refiner pre-training steps, self-regularization only (gaze 1000, hand 500)")
     train.add_argument("--initial_K_d", type=int, default=200, help="discriminator pre-training steps")
     train.add_argument("--K_g", type=int, default=2, help="refiner steps per adversarial iteration")

@@ -77,13 +77,18 @@ def patch_cross_entropy(logits, label):
 def self_regularization(refined, synthetic, reg_scale, psi="identity"):
     """reg_scale * sum |psi(refined) - psi(synthetic)| per image: keeps the annotation valid. (batch,)
 
-    psi (the paper's feature map): "identity", the original's; "channel_mean", the mean of the colour
-    channels, one of the paper's examples, which leaves a colour cast that keeps the grey level free.
-    On one channel the two are the same.
+    psi (the paper's feature map, here linear, so psi(refined) - psi(synthetic) = psi(refined - synthetic)):
+    "identity", the original's; "channel_mean", the mean of the colour channels, one of the paper's examples,
+    which leaves every change of colour that keeps the grey level free; "colour_cast", the grey level and
+    each channel less it, less the image's mean of that: only a cast that spans the whole image is free,
+    the colours of its parts stay anchored. On one channel all three are the same.
     """
     difference = tf.cast(refined, tf.float32) - tf.cast(synthetic, tf.float32)
-    if psi == "channel_mean":
-        difference = tf.reduce_mean(difference, axis=-1, keepdims=True)
+    if psi != "identity":
+        grey = tf.reduce_mean(difference, axis=-1, keepdims=True)          # (batch, H, W, 1)
+        cast = difference - grey                                           # (batch, H, W, C): the colour change
+        local = cast - tf.reduce_mean(cast, axis=[1, 2], keepdims=True)    # less the image's uniform cast
+        difference = grey if psi == "channel_mean" else tf.concat([grey, local], axis=-1)
     return reg_scale * tf.reduce_sum(tf.abs(difference), axis=[1, 2, 3])
 
 

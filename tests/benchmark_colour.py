@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 from data.folder_sample import colour_balance, write_folder_pair  # noqa: E402
 from utils import img_tile, save_image  # noqa: E402
 
-PSIS = ("identity", "channel_mean")
+PSIS = ("identity", "channel_mean", "colour_cast")
 
 
 def main_command(pair, work, psi, args, *extra):
@@ -41,10 +41,11 @@ def main_command(pair, work, psi, args, *extra):
 
 
 def train_all(pair, work, args):
-    """Train one run per psi, in parallel (one process each); their wall times."""
+    """Train one run per psi not trained yet, in parallel (one process each); their wall time."""
     started = time.time()
+    missing = [psi for psi in PSIS if not os.path.isdir(os.path.join(work, "logs", psi))]
     processes = {psi: subprocess.Popen(main_command(pair, work, psi, args), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                       stderr=open(os.path.join(work, f"{psi}.log"), "w")) for psi in PSIS}
+                                       stderr=open(os.path.join(work, f"{psi}.log"), "w")) for psi in missing}
     for psi, process in processes.items():
         if process.wait():
             sys.exit(f"[!] the {psi} run failed: see {work}/{psi}.log")
@@ -81,6 +82,17 @@ def last_probes(model_dir):
             for tag in events.Tags()["tensors"] if tag.startswith("probe/")}
 
 
+def chroma(pixels):
+    """Each pixel's channels less their mean, less the image's mean of that: its colour, the image's cast removed."""
+    colour = pixels.astype(np.float64) - pixels.astype(np.float64).mean(axis=-1, keepdims=True)
+    return colour - colour.mean(axis=(1, 2), keepdims=True)
+
+
+def colourfulness(pixels):
+    """The mean spread of a pixel's channels (standard deviation over R, G, B): 0 for grey images."""
+    return float(pixels.astype(np.float64).std(axis=-1).mean())
+
+
 def progress(refined, synthetic, real):
     """1 - |balance(refined) - balance(real)| / |balance(synthetic) - balance(real)|: the share of the colour
     balance gap closed (0: not at all, 1: all of it)."""
@@ -101,11 +113,13 @@ def main(argv=None):
     work = args.out or tempfile.mkdtemp(prefix="simgan-colour-")
     pair = write_folder_pair(os.path.join(work, "pair"), count=args.count, seed=123)
     trained = all(os.path.isdir(os.path.join(work, "logs", psi)) for psi in PSIS)
-    seconds = 0.0 if trained else train_all(pair, work, args)
+    seconds = train_all(pair, work, args)
     synthetic, real = input_rows(pair, work)
     grey = lambda pixels: pixels.astype(np.float64).mean(axis=-1)  # noqa: E731
     print(f"{args.count} images a folder, --max_step={args.max_step} --batch_size={args.batch_size}, "
-          f"{args.precision}; both runs in parallel: {seconds / 60:.1f} min" + (" (trained before)" if trained else ""))
+          f"{args.precision}; the runs in parallel: {seconds / 60:.1f} min" + (" (trained before)" if trained else ""))
+    print(f"colourfulness (mean spread of a pixel's channels): synthetic {colourfulness(synthetic):.1f}, "
+          f"real {colourfulness(real):.1f}")
     print(f"colour balance (R, G, B less grey): synthetic {np.round(colour_balance(synthetic), 1)}, "
           f"real {np.round(colour_balance(real), 1)}")
     rows, figure = {}, [synthetic[:args.columns]]
@@ -118,6 +132,8 @@ def main(argv=None):
                                                                                                   real)), 3),
             brightness_change=round(float(grey(refined).mean() - grey(synthetic).mean()), 2),
             grey_level_change=round(float(np.abs(grey(refined) - grey(synthetic)).mean()), 2),
+            colourfulness=round(colourfulness(refined), 1),
+            colour_change=round(float(np.abs(chroma(refined) - chroma(synthetic)).mean()), 2),
             realism=probes.get("realism_accuracy"), realism_synthetic=probes.get("realism_accuracy_synthetic"),
             statistics_distance=probes.get("statistics_distance"))
         print(f"{psi:>13}: {json.dumps(rows[psi])}")
