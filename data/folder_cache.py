@@ -205,8 +205,8 @@ def _make_rows(listing, shape, crop, what, manifest, rows_path, manifest_path):
     print(f"[*] Decoding {len(to_decode)} {what} images at {shape[0]}x{shape[1]}x{shape[2]} into {listing.cache_dir}"
           f"{f' ({len(entries) - len(to_decode)} unchanged ones copied)' if len(to_decode) < len(entries) else ''}"
           f": once, a later start reads them as they are")
-    kept, skipped = [], [[*key, reason] for key, reason in old_skipped.items() if key in
-                         {tuple(entry[:3]) for entry in listing.entries}]
+    current = {tuple(entry[:3]) for entry in listing.entries}
+    kept, skipped = [], [[*key, reason] for key, reason in old_skipped.items() if key in current]
 
     def batches(pool_map):
         decoded = pool_map(_row_task, ((listing.root, entry[0], shape, crop) for entry in to_decode))
@@ -239,6 +239,7 @@ def _write_rows_cache(batches, shape, rows_path, manifest_path, count, kept, ski
         with worker_pool(default_workers()) as pool:
             yield from batches(lambda function, tasks: pool.imap(function, tasks, chunksize=16))
 
+    skipped_before = list(skipped)
     try:
         os.makedirs(os.path.dirname(rows_path), exist_ok=True)
         if os.path.exists(manifest_path):
@@ -247,7 +248,8 @@ def _write_rows_cache(batches, shape, rows_path, manifest_path, count, kept, ski
     except OSError as error:
         print(f"[!] Cannot cache the decoded images in {os.path.dirname(rows_path)} ({error}): they are decoded "
               f"again next start")
-        kept.clear(), skipped.clear()
+        kept.clear()
+        skipped[:] = skipped_before  # those of earlier starts stay reported; this pass adds its own again
         return temporary_rows(None, shape, np.uint8, with_pool, "the decoded images")
     _write_json(manifest_path, dict(version=ROWS_VERSION, rows=kept, skipped=skipped))
     return read_rows(rows_path)
