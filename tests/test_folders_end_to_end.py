@@ -43,7 +43,7 @@ def test_the_input_and_networks_follow_the_images_and_say_why(run):
     root, _, name, result, _ = run
     params = json.loads((root / "logs" / name / "params.json").read_text())
     assert (params["input_height"], params["input_width"], params["input_channel"]) == (16, 20, 3)
-    assert params["self_regularization"] == "channel_mean"
+    assert params["self_regularization"] == "colour_cast"
     assert "input 16x20x3 (the real images' median size 16x20" in result.stdout
     assert "the eye networks" in result.stdout
 

@@ -166,3 +166,25 @@ def test_the_gaze_estimator_follows_the_paper_layer_by_layer():
     assert estimator.count_params() == 320 + 9248 + 18496 + 46160 + 138432 + 9601000 + 3003 == 9816659
     assert [estimator.get_layer(name).pool_size for name in ("pool1", "pool2")] == [(3, 3), (2, 2)]
     assert [estimator.get_layer(name).strides for name in ("pool1", "pool2")] == [(2, 2), (2, 2)]
+
+
+def test_each_self_regularization_charges_what_it_claims():
+    """A cast over the whole image is free but for the identity; a colour change of a part costs with the
+    identity and colour_cast, not with channel_mean; on grey images the three are one."""
+    from model import self_regularization
+    rng = np.random.default_rng(0)
+    synthetic = rng.uniform(-0.5, 0.5, (2, 8, 8, 3)).astype(np.float32)
+    warm = synthetic + np.array([0.1, 0.0, -0.1], np.float32)  # a white balance: the grey level kept
+    part = synthetic.copy()
+    part[:, :4, :4] += np.array([0.2, -0.1, -0.1], np.float32)  # a part recoloured, its grey level kept
+
+    def cost(refined, psi):
+        return self_regularization(refined, synthetic, 1.0, psi).numpy()
+
+    assert np.all(cost(warm, "identity") > 1) and np.allclose(cost(warm, "channel_mean"), 0, atol=1e-4)
+    assert np.allclose(cost(warm, "colour_cast"), 0, atol=1e-4)
+    assert np.allclose(cost(part, "channel_mean"), 0, atol=1e-4) and np.all(cost(part, "colour_cast") > 1)
+    grey = synthetic[..., :1]
+    costs = [self_regularization(grey * 0.5, grey, 1.0, psi).numpy() for psi in
+             ("identity", "channel_mean", "colour_cast")]
+    assert np.allclose(costs[0], costs[1]) and np.allclose(costs[0], costs[2])
