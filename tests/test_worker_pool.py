@@ -22,6 +22,7 @@ from conftest import folder_flags, main_in_process
 from data import folder_cache, folder_images, folder_sample, unityeyes
 from data.sample_staging import run_tasks
 from data.unityeyes import CROP_SUFFIX, prepare_crops
+from utils import atomic_write
 from worker_processes import WORKER_LOST, WorkerLost, worker_pool
 
 STOP_SECONDS = 0.5  # worker_processes.POOL_STOP_SECONDS in these tests, so the kill path takes a moment, not 5 s
@@ -317,7 +318,7 @@ def save_halfway(pixels, path, **kwargs):
     """unityeyes.save_image's stand-in: the crops after the twelfth stay half-written (a minute)."""
     if int(os.path.basename(path)[:-len(CROP_SUFFIX)]) <= 12:
         return real_save_image(pixels, path, **kwargs)
-    worker_processes.atomic_write(path, lambda handle: (handle.write(b"half a crop"), time.sleep(60)))
+    atomic_write(path, lambda handle: (handle.write(b"half a crop"), time.sleep(60)))
 
 
 def add_once_a_crop_is_half_written(report, prefix, result):
