@@ -15,6 +15,7 @@ Training reads the rows, never the image files: a file that changes during train
 until the next start, which notices it. Decoding per batch with tf.data was measured against this in
 tests/benchmark_scale.py (README, Performance).
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import folder_images
-from data.npy_file import read_rows, temporary_rows, write_rows
+from data.npy_file import RowSubset, read_rows, temporary_rows, update_rows, write_rows
 from utils import atomic_write
 from worker_processes import default_workers, worker_pool
 
@@ -161,20 +162,90 @@ def _row_task(task):
 def input_rows(listing, shape, crop, what):
     """(rows (N, H, W, C) uint8 read by index, their relative paths, {reason: [path, ...]} skipped decoding).
 
-    From the cache when it holds exactly the listing's images as they are now; else made again, copying
-    the rows of unchanged images from the old cache and decoding only the others.
+    From the cache as it is when it holds the listing's images as they are now; when some changed, were
+    added or removed, the cache is patched: only those images decoded and only their rows written (the
+    manifest's slots of removed ones left empty until they are half the file, then it is made anew).
     """
     rows_path, manifest_path = _rows_files(listing.cache_dir, shape, crop)
     manifest = _read_json(manifest_path, ROWS_VERSION)
-    wanted = {tuple(entry[:3]) for entry in listing.entries}
     if manifest is not None:
-        made = {tuple(row) for row in manifest["rows"]} | {tuple(skip[:3]) for skip in manifest["skipped"]}
-        if made == wanted:
-            try:
-                return read_rows(rows_path), [row[0] for row in manifest["rows"]], _skips(manifest["skipped"])
-            except ValueError as error:
-                print(f"[!] Decoding {what} again: {rows_path} is {error}")
+        try:
+            rows = read_rows(rows_path)
+            if len(rows) == len(manifest["rows"]):
+                patched = _patch_rows(listing, shape, crop, what, manifest, rows_path, manifest_path)
+                if patched is not None:
+                    return patched
+        except ValueError as error:
+            print(f"[!] Decoding {what} again: {rows_path} is {error}")
     return _make_rows(listing, shape, crop, what, manifest, rows_path, manifest_path)
+
+
+def _cached(rows_path, slots, skipped):
+    """What input_rows returns from the rows file and its manifest's slots (None: an empty slot)."""
+    filled = [index for index, slot in enumerate(slots) if slot is not None]
+    return (RowSubset(read_rows(rows_path), filled), [slots[index][0] for index in filled],
+            _skips(skipped))
+
+
+def _patch_rows(listing, shape, crop, what, manifest, rows_path, manifest_path):
+    """The cache brought up to the listing by decoding only what changed; None when it is better made anew."""
+    slots, skipped = manifest["rows"], manifest["skipped"]
+    current = {entry[0]: tuple(entry[:3]) for entry in listing.entries}
+    known = {tuple(skip[:3]) for skip in skipped} | {tuple(slot) for slot in slots if slot is not None}
+    slot_of = {slot[0]: index for index, slot in enumerate(slots) if slot is not None}
+    stale = [index for path, index in slot_of.items() if tuple(slots[index]) != current.get(path)]
+    new = [key for key in current.values() if key not in known]
+    if not stale and not new and len(known) == len(current):
+        return _cached(rows_path, slots, skipped)
+    if 2 * (sum(slot is None for slot in slots) + len(stale)) > len(slots):
+        return None  # mostly empty slots: the file is made anew instead
+    for index in stale:
+        slots[index] = None
+    live = set(current.values())
+    skipped = [skip for skip in skipped if tuple(skip[:3]) in live]
+    print(f"[*] Decoding {len(new)} new or changed {what} images at {shape[0]}x{shape[1]}x{shape[2]} into "
+          f"{listing.cache_dir} ({len(current) - len(new)} kept as they were)")
+    try:
+        os.remove(manifest_path)  # the rows change under it: a crash from here on makes the cache anew
+        _write_new_rows(listing.root, new, shape, crop, slots, skipped, rows_path)
+    except OSError as error:
+        print(f"[!] Cannot update {rows_path} ({error}): making it anew")
+        return None
+    _write_json(manifest_path, dict(version=ROWS_VERSION, rows=slots, skipped=skipped))
+    return _cached(rows_path, slots, skipped)
+
+
+def _write_new_rows(root, new, shape, crop, slots, skipped, rows_path):
+    """Decode the new (path, size, mtime) keys into the empty slots, then after the last row, WRITE_CHUNK rows
+    at a time; slots and skipped updated."""
+    free = [index for index, slot in enumerate(slots) if slot is None]
+    replaced, appended = {}, []
+    with _decoded(root, [key[0] for key in new], shape, crop) as decoded:
+        for key, row in zip(new, decoded):
+            if isinstance(row, str):
+                skipped.append([*key, row])
+            elif free:
+                index = free.pop(0)
+                replaced[index], slots[index] = row, list(key)
+            else:
+                appended.append(row)
+                slots.append(list(key))
+            if len(replaced) + len(appended) >= WRITE_CHUNK:
+                update_rows(rows_path, replaced, [np.stack(appended)] if appended else [])
+                replaced, appended = {}, []
+        update_rows(rows_path, replaced, [np.stack(appended)] if appended else [])
+
+
+@contextlib.contextmanager
+def _decoded(root, paths, shape, crop):
+    """The rows (or reasons) of the images at paths under root, in order, lazily: in worker processes when
+    there are many."""
+    tasks = ((root, path, shape, crop) for path in paths)
+    if len(paths) < PARALLEL_MIN:
+        yield map(_row_task, tasks)
+        return
+    with worker_pool(default_workers()) as pool:
+        yield pool.imap(_row_task, tasks, chunksize=16)
 
 
 def _skips(skipped):
@@ -195,7 +266,7 @@ def _old_rows(manifest, rows_path):
         return {}, skipped, None
     if len(rows) != len(manifest["rows"]):
         return {}, skipped, None
-    return {tuple(row): index for index, row in enumerate(manifest["rows"])}, skipped, rows
+    return {tuple(slot): index for index, slot in enumerate(manifest["rows"]) if slot is not None}, skipped, rows
 
 
 def _make_rows(listing, shape, crop, what, manifest, rows_path, manifest_path):
@@ -208,48 +279,42 @@ def _make_rows(listing, shape, crop, what, manifest, rows_path, manifest_path):
     current = {tuple(entry[:3]) for entry in listing.entries}
     kept, skipped = [], [[*key, reason] for key, reason in old_skipped.items() if key in current]
 
-    def batches(pool_map):
-        decoded = pool_map(_row_task, ((listing.root, entry[0], shape, crop) for entry in to_decode))
-        chunk = []
-        for entry in tqdm(entries, desc=f"Decode {what} images", disable=None if len(to_decode) >= 1000 else True):
-            key = tuple(entry[:3])
-            row = old_rows[old[key]] if key in old else next(decoded)
-            if isinstance(row, str):
-                skipped.append([*key, row])
-                continue
-            kept.append(list(key))
-            chunk.append(row)
-            if len(chunk) == WRITE_CHUNK:
+    def batches():
+        with _decoded(listing.root, [entry[0] for entry in to_decode], shape, crop) as decoded:
+            chunk = []
+            for entry in tqdm(entries, desc=f"Decode {what} images",
+                              disable=None if len(to_decode) >= 1000 else True):
+                key = tuple(entry[:3])
+                row = old_rows[old[key]] if key in old else next(decoded)
+                if isinstance(row, str):
+                    skipped.append([*key, row])
+                    continue
+                kept.append(list(key))
+                chunk.append(row)
+                if len(chunk) == WRITE_CHUNK:
+                    yield np.stack(chunk)
+                    chunk = []
+            if chunk:
                 yield np.stack(chunk)
-                chunk = []
-        if chunk:
-            yield np.stack(chunk)
 
-    rows = _write_rows_cache(batches, shape, rows_path, manifest_path, len(to_decode), kept, skipped)
+    rows = _write_rows_cache(batches, shape, rows_path, manifest_path, kept, skipped)
     return rows, [row[0] for row in kept], _skips(skipped)
 
 
-def _write_rows_cache(batches, shape, rows_path, manifest_path, count, kept, skipped):
-    """The rows of batches(map) written to rows_path, then the manifest; in a temporary file when the cache
+def _write_rows_cache(batches, shape, rows_path, manifest_path, kept, skipped):
+    """The rows of batches() written to rows_path, then the manifest; in a temporary file when the cache
     folder cannot be written. The old manifest goes first: a crash midway never pairs it with new rows."""
-    def with_pool():
-        if count < PARALLEL_MIN:
-            yield from batches(lambda function, tasks: map(function, tasks))
-            return
-        with worker_pool(default_workers()) as pool:
-            yield from batches(lambda function, tasks: pool.imap(function, tasks, chunksize=16))
-
     skipped_before = list(skipped)
     try:
         os.makedirs(os.path.dirname(rows_path), exist_ok=True)
         if os.path.exists(manifest_path):
             os.remove(manifest_path)
-        write_rows(rows_path, shape, np.uint8, with_pool())
+        write_rows(rows_path, shape, np.uint8, batches())
     except OSError as error:
         print(f"[!] Cannot cache the decoded images in {os.path.dirname(rows_path)} ({error}): they are decoded "
               f"again next start")
         kept.clear()
         skipped[:] = skipped_before  # those of earlier starts stay reported; this pass adds its own again
-        return temporary_rows(None, shape, np.uint8, with_pool, "the decoded images")
+        return temporary_rows(None, shape, np.uint8, batches, "the decoded images")
     _write_json(manifest_path, dict(version=ROWS_VERSION, rows=kept, skipped=skipped))
     return read_rows(rows_path)

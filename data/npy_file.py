@@ -106,6 +106,32 @@ class NpyWriter:
         self.handle.seek(0, os.SEEK_END)
 
 
+def update_rows(path, replaced, appended):
+    """Rewrite some rows of the .npy at path in place ({row index: row}) and append rows (an iterable of row
+    batches) after its last, then its header's count: only those rows are written, however large the file.
+
+    Not atomic: the caller makes sure a crash midway leaves nothing that trusts the file (data/folder_cache.py
+    removes its manifest first). Returns the new row count.
+    """
+    rows = read_rows(path)
+    offset, row_bytes, count = rows.offset, rows.row_bytes, len(rows)
+    with open(path, "r+b") as handle:
+        for index, row in replaced.items():
+            handle.seek(offset + index * row_bytes)
+            handle.write(np.ascontiguousarray(row, rows.dtype).tobytes())
+        handle.seek(offset + count * row_bytes)
+        handle.truncate()  # rows past the header's count (a write cut short before) are not ours
+        for batch in appended:
+            batch = np.ascontiguousarray(batch, rows.dtype)
+            if batch.shape[1:] != rows.shape[1:]:
+                raise ValueError(f"rows of shape {batch.shape[1:]}, not {rows.shape[1:]}")
+            handle.write(batch.tobytes())
+            count += len(batch)
+        handle.seek(0)
+        handle.write(_header((count, *rows.shape[1:]), rows.dtype))
+    return count
+
+
 def write_rows(path, row_shape, dtype, batches):
     """Write the row batches of an iterable as one .npy at path, atomically; returns the rows written."""
     written = []

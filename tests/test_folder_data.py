@@ -139,7 +139,10 @@ def test_a_changed_folder_is_noticed_and_only_what_changed_is_decoded_again(tmp_
     synthetic, real = tmp_path / "synthetic", tmp_path / "real"
     write_images(synthetic, 4)
     write_images(real, 3, seed=2)
-    data, _ = load(tmp_path, synthetic, real)
+    data, config = load(tmp_path, synthetic, real)
+    rows_path, _ = folder_cache._rows_files(folder_cache.cache_dir_of(config.data_dir, str(synthetic)),
+                                           (20, 24, 3), False)
+    inode = os.stat(rows_path).st_ino
     first = data.synthetic_rows[np.arange(4)]
     changed = write_images(synthetic, 1, seed=7, start=2)[0]  # img2 rewritten while that run trains ...
     os.utime(synthetic / "img2.png", ns=(1, 1))
@@ -151,9 +154,19 @@ def test_a_changed_folder_is_noticed_and_only_what_changed_is_decoded_again(tmp_
     capsys.readouterr()
     data, _ = load(tmp_path, synthetic, real)
     assert sorted(os.path.basename(path) for path in decoded) == ["img2.png", "img9.png"]
-    assert "3 unchanged ones copied" in capsys.readouterr().out
+    assert "Decoding 2 new or changed synthetic images" in capsys.readouterr().out
     rows = dict(zip(data.synthetic_paths, data.synthetic_rows[np.arange(5)]))
     assert np.array_equal(rows["img2.png"], changed) and np.array_equal(rows["img0.png"], first[0])
+    assert os.stat(rows_path).st_ino == inode  # only those rows written: the file patched, not made anew
+    os.remove(synthetic / "img0.png")  # a removed image leaves an empty slot ...
+    data, _ = load(tmp_path, synthetic, real)
+    assert sorted(data.synthetic_paths) == ["img1.png", "img2.png", "img3.png", "img9.png"]
+    assert os.stat(rows_path).st_ino == inode and len(data.synthetic_rows) == 4
+    for index in (1, 2):  # ... until the empty slots are over half the file: then it is made anew, compact
+        os.remove(synthetic / f"img{index}.png")
+    data, _ = load(tmp_path, synthetic, real)
+    assert os.stat(rows_path).st_ino != inode and len(folder_cache.read_rows(rows_path)) == 2
+    assert np.array_equal(data.synthetic_rows[np.array([0])][0], first[3])
 
 
 def test_a_damaged_cache_is_made_again(tmp_path):

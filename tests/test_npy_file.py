@@ -88,3 +88,13 @@ def resident_kib():
     """The process's resident memory now (a memory map's touched pages count in it)."""
     with open("/proc/self/status") as status:
         return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+
+
+def test_rows_are_replaced_in_place_and_appended(tmp_path):
+    from data.npy_file import update_rows
+    path = tmp_path / "rows.npy"
+    write_rows(path, (2, 3), np.uint8, [np.zeros((4, 2, 3), np.uint8)])
+    count = update_rows(path, {1: np.full((2, 3), 7, np.uint8)}, [np.full((2, 2, 3), 9, np.uint8)])
+    rows = np.load(path)  # numpy's own reader agrees with the header
+    assert count == 6 and rows.shape == (6, 2, 3)
+    assert rows[1].min() == rows[1].max() == 7 and rows[4:].min() == 9 and rows[[0, 2, 3]].max() == 0
