@@ -39,6 +39,11 @@ def load(tmp_path, synthetic, real, *extra):
     return load_folder_data(config), config
 
 
+def rows_file(config, folder, shape=(20, 24, 3)):
+    """The decoded rows' cache file of folder."""
+    return folder_cache._rows_files(folder_cache.cache_dir_of(config.data_dir, str(folder)), shape, False)[0]
+
+
 def huge_png(path, width, height):
     """A PNG whose header says width x height, with a tiny body: a decompression bomb's header, cheaply."""
     def chunk(kind, data):
@@ -140,8 +145,7 @@ def test_a_changed_folder_is_noticed_and_only_what_changed_is_decoded_again(tmp_
     write_images(synthetic, 4)
     write_images(real, 3, seed=2)
     data, config = load(tmp_path, synthetic, real)
-    rows_path, _ = folder_cache._rows_files(folder_cache.cache_dir_of(config.data_dir, str(synthetic)),
-                                           (20, 24, 3), False)
+    rows_path = rows_file(config, synthetic)
     inode = os.stat(rows_path).st_ino
     first = data.synthetic_rows[np.arange(4)]
     changed = write_images(synthetic, 1, seed=7, start=2)[0]  # img2 rewritten while that run trains ...
@@ -174,8 +178,7 @@ def test_a_damaged_cache_is_made_again(tmp_path):
     write_images(synthetic, 3)
     write_images(real, 3, seed=2)
     data, config = load(tmp_path, synthetic, real)
-    rows_path, _ = folder_cache._rows_files(folder_cache.cache_dir_of(config.data_dir, str(synthetic)),
-                                           (20, 24, 3), False)
+    rows_path = rows_file(config, synthetic)
     with open(rows_path, "r+b") as handle:
         handle.truncate(200)
     data, _ = load(tmp_path, synthetic, real)
