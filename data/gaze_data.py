@@ -4,9 +4,11 @@
 real images' cache, the bundled sample) and returns a `GazeData`; for the estimation task it also reads
 the labels and holds out the validation files, so the flags can be checked against the split before
 any network is built. `GazeData.estimation_sets` then hands the estimator its training, validation and
-real images, refined first when a refiner is given. Nothing of a data set's size is held in memory: the
-images stay in files read a batch at a time. Bad files are skipped with one line per kind of
-problem; only when nothing usable is left is it a `DataError`.
+real images, refined first when a refiner is given. The labels and the crops at the estimator's input
+size are cached beside the crops (data/estimation_cache.py): a second start reads no .json and cuts no
+crop that did not change. Nothing of a data set's size is held in memory: the images stay in files
+read a batch at a time. Bad files are skipped with one line per kind of problem; only when nothing
+usable is left is it a `DataError`.
 """
 import os
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from config import apply_sample_schedule
-from data import mpiigaze, unityeyes
+from data import estimation_cache, mpiigaze, unityeyes
 from data.data_set import DataSet, EstimationSets, held_out_indices
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, pupil_positions, split_by_file
@@ -25,6 +27,7 @@ from data.npy_file import RowSubset
 from data.pipelines import crops_on_disk, synthetic_dataset, to_network_input
 from data.reports import DataError, report_skipped, summary
 from data.sample_staging import use_bundled_sample
+from utils import denormalize
 
 SAMPLE_GAZE_DIR = Path(__file__).resolve().parent / "sample" / "gaze"  # the bundled sample, apart from real data
 DEFAULT_FOLDERS = {"data_dir": "data", "synthetic_image_dir": "UnityEyes", "real_image_dir": "MPIIGaze"}
@@ -38,6 +41,9 @@ class EstimationSplit:
     training_gaze: np.ndarray     # (N, 3) float32, MPIIGaze's camera frame
     validation_paths: list
     validation_gaze: np.ndarray
+    paths: list = None            # every labelled crop (natural order): the rows of the estimator's crops cache
+    training_rows: np.ndarray = None    # indices into paths
+    validation_rows: np.ndarray = None
 
 
 @dataclass
@@ -83,8 +89,9 @@ class GazeData(DataSet):
         return None if self.split is None else (len(self.split.training_paths), len(self.split.validation_paths))
 
     def estimation_sets(self, input_shape, batch_size, refine=None):
-        """The crops cut to the input size (refined first when refine is given) into temporary files beside the
-        data; the real eyes with their gaze, the right ones mirrored into left eyes batch by batch."""
+        """The crops at the input size: from their cache beside the crops (cut once; data/estimation_cache.py),
+        or, refined when refine is given, into temporary files beside the data at each start; the real eyes
+        with their gaze, the right ones mirrored into left eyes batch by batch."""
         right_eye = self.real_right_eye
 
         def left_eyes(rows, labels, indices):
@@ -98,12 +105,25 @@ class GazeData(DataSet):
         print(f"[*] {len(split.training_paths)} {'refined' if refined else 'synthetic'} images to train on, "
               f"{len(split.validation_paths)} to validate on (held out by file); {len(self.real_images)} real "
               f"images to test on")
+        cached = None if refined or split.paths is None else estimation_cache.cached_rows(
+            split.paths, tuple(input_shape), self.synthetic_dir, lambda paths: _cut(paths, input_shape),
+            "UnityEyes crops")
+        if cached is not None:
+            training = (RowSubset(cached, split.training_rows), split.training_gaze)
+            validation = (RowSubset(cached, split.validation_rows), split.validation_gaze)
+            return EstimationSets(training, validation, real, tuple(input_shape), refined, facts, left_eyes)
         training, validation = (
             (crops_on_disk(paths, input_shape, LOAD_BATCH, self.folder, refine,
                            desc=f"{'Refine' if refined else 'Load'} {name} images"), gaze)
             for name, paths, gaze in (("training", split.training_paths, split.training_gaze),
                                       ("validation", split.validation_paths, split.validation_gaze)))
         return EstimationSets(training, validation, real, tuple(input_shape), refined, facts, left_eyes)
+
+
+def _cut(paths, input_shape):
+    """uint8 row batches (N, H, W, C) of the crops of paths at the input size, in order, as crops_on_disk makes them."""
+    for images, _ in synthetic_dataset(paths, input_shape, LOAD_BATCH, None, training=False):
+        yield denormalize(images).reshape(-1, *input_shape)
 
 
 def _decode(paths, input_shape):
@@ -136,7 +156,7 @@ def load_gaze_data(config, download=True):
         real = _load_real(gaze_dir, real_dir, download and not is_sample)
     data = GazeData(synthetic_paths, synthetic_dir, gaze_dir, is_sample, *real)
     if config.is_train and config.task == "estimation":
-        data.split = _split(synthetic_paths, config.validation_share, config.random_seed)
+        data.split = _split(synthetic_paths, config.validation_share, config.random_seed, synthetic_dir)
     return data
 
 
@@ -147,11 +167,12 @@ def _announce_sample_schedule(chosen):
               f"(--sample_schedule=False: the original's defaults)")
 
 
-def _split(synthetic_paths, validation_share, seed):
-    paths, gaze = label_crops(synthetic_paths)
+def _split(synthetic_paths, validation_share, seed, index_dir=None):
+    """The labelled crops split by file; index_dir: their folder, where their labels are indexed."""
+    paths, gaze = label_crops(synthetic_paths, index_dir)
     training, validation = split_by_file(len(paths), validation_share, seed)
     return EstimationSplit([paths[i] for i in training], gaze[training],
-                           [paths[i] for i in validation], gaze[validation])
+                           [paths[i] for i in validation], gaze[validation], paths, training, validation)
 
 
 # ---- finding the data ----

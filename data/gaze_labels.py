@@ -9,7 +9,7 @@ import os
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from data import unityeyes
+from data import estimation_cache, unityeyes
 from data.reports import DataError, summary
 
 
@@ -52,21 +52,38 @@ def as_left_eyes(images, gaze, right_eye):
     return images, gaze
 
 
-def label_crops(paths):
-    """(paths, gaze (N, 3) in MPIIGaze's frame) of the crops whose frame has a usable look_vec."""
-    kept, gaze, skipped = [], [], []
-    for path in paths:
-        try:
-            gaze.append(look_vec_to_gaze(read_look_vec(path)))
-        except (OSError, ValueError, KeyError, TypeError):
-            skipped.append(os.path.basename(path))
-            continue
-        kept.append(path)
+def _gaze_of(json_path):
+    """The gaze (3,) in MPIIGaze's frame of a frame's .json; None when it has no usable look_vec."""
+    try:
+        with open(json_path, "rb") as handle:
+            look_vec = json.load(handle)["eye_details"]["look_vec"]
+        return look_vec_to_gaze(np.float32(unityeyes.parse_vector(look_vec)[:3]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def label_crops(paths, index_dir=None):
+    """(paths, gaze (N, 3) in MPIIGaze's frame) of the crops whose frame has a usable look_vec.
+
+    index_dir: the folder of the crops (all of them), where a labels index (data/estimation_cache.py) keeps
+    each .json's label with its size and mtime, so a later start reads only the .json files that changed.
+    """
+    json_paths = [path[: -len(unityeyes.CROP_SUFFIX)] + ".json" for path in paths]
+    if index_dir is None:
+        gaze = np.full((len(paths), 3), np.nan, np.float32)
+        for row, path in enumerate(json_paths):
+            label = _gaze_of(path)
+            if label is not None:
+                gaze[row] = label
+    else:
+        gaze = estimation_cache.cached_labels(json_paths, index_dir, _gaze_of)
+    usable = np.isfinite(gaze).all(axis=1)
+    skipped = [os.path.basename(path) for path, ok in zip(paths, usable) if not ok]
     if skipped:
         summary(f"Skipped {len(skipped)} crops without a usable eye_details.look_vec in their .json", skipped)
-    if not kept:
+    if not usable.any():
         raise DataError(f"no UnityEyes crop with a gaze label (eye_details.look_vec) among {len(paths)}")
-    return kept, np.stack(gaze)
+    return [path for path, ok in zip(paths, usable) if ok], gaze[usable]
 
 
 def split_by_file(count, validation_share, seed):

@@ -59,9 +59,10 @@ the hand crops' cache) and a second start (they exist):
   each start decoded (the program's `[*] Decoding N ... images` lines).
 Figures of each run: exit status; seconds from launch to the first `[*] step ` line (Python's and
 TensorFlow's import included), to the `[*] Training on` line (printed once load_*_data has returned: the
-crops and caches made or checked; the estimator then still cuts its crops at the input size), and in all;
-step lines printed; peak RSS of main.py (VmHWM, polled); peak PSS of main.py with its worker processes
-(sampled; proportional, so pages they share are not counted twice).
+crops and caches made or checked; the estimator then takes its labels and its crops at the input size from
+their caches beside the crops, data/estimation_cache.py, made on a first start), and in all; step lines
+printed; peak RSS of main.py (VmHWM, polled); peak PSS of main.py with its worker processes (sampled;
+proportional, so pages they share are not counted twice).
 
 Then, in this process, the training input pipelines alone (load_gaze_data / load_hand_data on the tree,
 then synthetic_batches and real_batches at the default batch for --seconds each): images/s, and the
@@ -72,7 +73,8 @@ tf.io.read_file, tf.io.decode_image, resize_as_original, a parallel map), and th
 `key=value ...` of every figure, for scripts.
 
 Disk: the hard links cost nothing; the caches at --scale 1.0 about 11 GB of crops (none with
---link-crops), 0.9 GB of MPIIGaze cache, 2 GB of the estimator's crops (temporary), 7.3 GB of hand
+--link-crops), 0.9 GB of MPIIGaze cache, 2 GB of the estimator's crops at its input
+size (.estimator_rows_35x55x1.npy beside the crops, with the labels' .labels_index.npz), 7.3 GB of hand
 crops and, for folders, 23.6 GB of rows plus room for the 19.7 GB rows file written again beside the old one
 when the changed start copies the unchanged rows (43 GB). The script checks the free space first.
 """
