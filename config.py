@@ -32,7 +32,7 @@ DATA_SET_DEFAULTS = {
     "hand": {"input_height": 224, "input_width": 224, "input_channel": 1, "initial_K_g": 500, "batch_size": 32,
              "buffer_size": 3200, "learning_rate": 1e-4, "self_regularization": "identity"},
     # Any two folders: the input follows the images and the networks and schedule follow the input
-    # (resolve_folder_flags, once the folders are read). The channel mean: measured in README, 'Your own data'.
+    # (resolve_folder_flags, once the folders are read). colour_cast: measured in README, 'Your own data'.
     "folders": {"self_regularization": "colour_cast"},
 }
 # `python main.py` on the bundled gaze sample (only there): a first run that shows a result in about 15 minutes
@@ -40,9 +40,6 @@ DATA_SET_DEFAULTS = {
 # fall. Flags given on the command line win; --sample_schedule=False gives the original's defaults.
 SAMPLE_SCHEDULE = {"batch_size": 32, "buffer_size": 3200, "initial_K_g": 100, "initial_K_d": 50, "max_step": 150,
                    "log_step": 10, "eval_step": 50}
-# Flags --data_set=folders sets from the images when they are not given (resolve_folder_flags).
-FOLDER_AUTO_FLAGS = ("input_height", "input_width", "input_channel", "initial_K_g", "batch_size", "buffer_size",
-                     "learning_rate")
 # --data_set=folders: inputs whose shorter side is under this get the eye networks, others the hand's. Their
 # refiners see 19 and 127 pixels around a pixel: at 35 and 224 rows, about 55% of the shorter side each; this
 # is the side where both are equally far (by ratio) from that share.

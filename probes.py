@@ -32,14 +32,13 @@ FOLDS = 5               # of the realism probe's cross-validation
 FEATURE_SIDE = 32       # pixels are averaged down to at most this many a side
 HISTOGRAM_BINS = 16
 STATISTICS = ("brightness", "contrast", "high_frequency")
-COLOUR_STATISTICS = ("red_balance", "blue_balance")  # of colour images only
 # The probes' tags a sweep compares (hparams.py); each statistic's own distance is written beside them.
 METRICS = ("probe/realism_accuracy", "probe/statistics_distance", "probe/grey_level_change", "probe/label_shift")
 
 
 def image_statistics(pixels):
     """{statistic: (N,) float64} of uint8 or float images (N, H, W[, C]) in levels 0..255: STATISTICS, and
-    COLOUR_STATISTICS for colour images."""
+    for colour images red_balance and blue_balance."""
     images = _grey(pixels)
     detail = images - gaussian_filter(images, sigma=(0, 1.0, 1.0))
     statistics = {"brightness": images.mean(axis=(1, 2)), "contrast": images.std(axis=(1, 2)),

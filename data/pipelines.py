@@ -5,8 +5,8 @@ every batch (TF 0.12's `tf.image.resize_images`: bilinear, no antialiasing, no h
 Training pipelines are shuffled with a seed, repeated and cut into fixed-size batches (one trace of
 each step function); evaluation pipelines keep the order and the last partial batch.
 """
+import functools
 import os
-import threading
 
 import numpy as np
 import tensorflow as tf
@@ -42,10 +42,9 @@ def to_network_input(pixels, input_shape):
 STREAM_FAILED = "Reading stopped: "
 
 
-def _decode_crop(path, input_shape, contents=None):
+def _decode_crop(path, input_shape):
     """A crop (or any PNG or JPEG, colour or grey) -> (H, W, C) float32 in [-1, 1] at the network's input size."""
-    contents = tf.io.read_file(path) if contents is None else contents
-    image = tf.io.decode_image(contents, channels=input_shape[-1], expand_animations=False)
+    image = tf.io.decode_image(tf.io.read_file(path), channels=input_shape[-1], expand_animations=False)
     return to_network_input(image[None], input_shape)[0]
 
 
@@ -57,48 +56,24 @@ def stream_failure(error):
     return None if start < 0 else text[start:].splitlines()[0]
 
 
-class ReadWatch:
-    """Reads a training stream's files, counting those that cannot be read in a row: a file removed mid-run
-    is skipped, but once `limit` reads in a row have failed (a disk unmounted, a folder moved) the stream
-    ends with an error naming the folder, instead of skipping every file of every epoch for ever."""
-
-    def __init__(self, limit):
-        self.limit, self.failures, self.lock, self.message = limit, 0, threading.Lock(), None
-
-    def read(self, path):
-        """(contents, b"" when unreadable; whether the stream is to stop)."""
-        path = path.decode()
-        try:
-            with open(path, "rb") as handle:
-                contents = handle.read()
-        except OSError as error:
-            with self.lock:
-                self.failures += 1
-                if self.failures == 1 and self.message is None:
-                    tqdm.write(f"[!] Cannot read {path} ({error.strerror}): skipped; {self.limit} unreadable in a "
-                               f"row end training")
-                if self.failures >= self.limit and self.message is None:
-                    self.message = (f"{STREAM_FAILED}{self.failures} files in a row could not be read, the last "
-                                    f"{path} ({error.strerror}): is {os.path.dirname(path)} still there?")
-                return b"", np.bool_(self.message is not None)
-        with self.lock:
-            self.failures = 0
-        return contents, np.bool_(False)
-
-    def check(self, stop):
-        """Raise the stream's error once it is to stop (after ignore_errors, which would drop it)."""
-        if stop:
-            raise OSError(self.message)
-        return stop
+def _count_epoch(least, folder, decoded, element):
+    """scan: the images an epoch has given so far; at its end, an error if they are fewer than least."""
+    _, epoch_end = element
+    too_few = tf.logical_and(epoch_end, decoded < least)
+    check = tf.debugging.assert_equal(too_few, False, message=(
+        f"{STREAM_FAILED}a whole epoch of {folder} gave fewer than {least} readable images: is it still there?"))
+    with tf.control_dependencies([check]):
+        return tf.where(epoch_end, tf.constant(0, tf.int64), decoded + 1), element
 
 
-def _indices(count, seed, shard):
+def _indices(count, seed, shard, mark_epochs=False):
     """Row indices of this input pipeline's shard: shuffled with seed, shuffled afresh each epoch, repeated.
 
     Each epoch is one permutation of the indices (8 bytes an item whatever the images' size), made at
     once: a shuffle buffer of 1.2 M items took over a second to fill before the first batch, at every
     epoch. seed None: in order, once. shard: (pipelines, this pipeline's index), as tf.distribute's
     InputContext gives them; each pipeline reads every pipelines-th item, so the shards are disjoint.
+    mark_epochs: each epoch ends with the index -1.
     """
     pipelines, index = shard
     indices = tf.range(index, count, pipelines, dtype=tf.int64)
@@ -109,6 +84,8 @@ def _indices(count, seed, shard):
 
     def epoch(number):
         order = tf.random.experimental.stateless_shuffle(indices, seed=tf.stack([tf.constant(seed, tf.int64), number]))
+        if mark_epochs:
+            order = tf.concat([order, [-1]], axis=0)
         return tf.data.Dataset.from_tensor_slices(order)
 
     return tf.data.Dataset.counter().flat_map(epoch)
@@ -120,25 +97,25 @@ def synthetic_dataset(paths, input_shape, batch_size, seed, training=True, shard
     training: shuffled with the seed, repeated, fixed-size batches (one trace of each step).
     Otherwise: in the order given, once, the last partial batch included, as (images, paths).
     """
-    paths = tf.constant(list(paths), tf.string)  # the names only: 1.2 M of them are some 100 MB
+    paths = list(paths)
+    folder = os.path.dirname(paths[0]) if paths else ""  # a set's crops lie in one folder
+    paths = tf.constant(paths, tf.string)  # the names only: 1.2 M of them are some 100 MB
     indices = _indices(len(paths), seed if training else None, shard)
     if training:
-        watch = ReadWatch(limit=batch_size)  # a batch's worth of files unreadable in a row ends the stream
+        def load(index):  # (image, whether it is the mark of an epoch's end)
+            return tf.cond(index < 0, lambda: (tf.zeros(input_shape, tf.float32), True),
+                           lambda: (_decode_crop(paths[tf.maximum(index, 0)], input_shape), False))
 
-        def load(index):
-            contents, stop = tf.numpy_function(watch.read, [paths[index]], [tf.string, tf.bool], stateful=True)
-            contents, stop = tf.ensure_shape(contents, []), tf.ensure_shape(stop, [])
-            readable = tf.strings.length(contents) > 0
-            image = tf.cond(readable, lambda: _decode_crop(None, input_shape, contents),
-                            lambda: tf.zeros(input_shape, tf.float32))
-            return image, readable, stop
-
-        dataset = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        # A crop damaged after the start's check (a disk error mid-run) is skipped with a warning, not fatal.
+        dataset = _indices(len(paths), seed, shard, mark_epochs=True).map(
+            load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A crop damaged or removed after the start's check is skipped with TensorFlow's warning, not fatal ...
         dataset = dataset.ignore_errors(log_warning=True)
-        dataset = dataset.filter(
-            lambda image, readable, stop: tf.numpy_function(watch.check, [stop], tf.bool, stateful=True) | readable)
-        dataset = dataset.map(lambda image, readable, stop: image)
+        # ... but an epoch that gives less than a batch (a disk unmounted, a folder moved) ends the stream,
+        # instead of skipping every file of every epoch for ever.
+        least = min(batch_size, len(range(shard[1], len(paths), shard[0])))
+        dataset = dataset.scan(tf.constant(0, tf.int64), functools.partial(_count_epoch, least, folder))
+        dataset = dataset.filter(lambda image, epoch_end: tf.logical_not(epoch_end))
+        dataset = dataset.map(lambda kept, _: kept)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     dataset = indices.map(lambda index: (_decode_crop(paths[index], input_shape), paths[index]),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -127,6 +127,10 @@ def test_a_changed_json_is_read_again_and_a_removed_frame_drops_out(root, tmp_pa
     paths = data.split.training_paths + data.split.validation_paths
     assert len(paths) == NUM_SYNTHETIC - 1 and str(unity / "5_cropped.png") not in paths
     assert_as_uncached(data, sets, tmp_path)
+    assert_next_start_reads_nothing(root, counters)
+
+
+def assert_next_start_reads_nothing(root, counters):
     counters.reset()
     start(root)
     assert counters.json == [] and counters.cut == []
@@ -176,9 +180,7 @@ def test_a_damaged_cache_is_made_again_with_a_line(root, tmp_path, monkeypatch, 
     assert f"Ignoring {manifest_path}" in capsys.readouterr().out and counters.json == []
     assert len(counters.cut) == NUM_SYNTHETIC
     assert_as_uncached(data, sets, tmp_path)
-    counters.reset()
-    start(root)
-    assert counters.json == [] and counters.cut == []
+    assert_next_start_reads_nothing(root, counters)
 
 
 def test_an_unwritable_folder_costs_one_line_each_and_the_sets_are_the_same(root, tmp_path, monkeypatch, capsys):

@@ -366,7 +366,7 @@ def test_fetch_mpiigaze_is_not_used_when_the_files_exist(sample_root, tmp_path, 
     assert len(load_gaze_data(config_for(sample_root, tmp_path)).real_images) == 20
 
 
-def test_a_stream_skips_a_file_gone_mid_run_and_stops_when_it_can_read_nothing(tmp_path, capsys):
+def test_a_stream_skips_a_file_gone_mid_run_and_stops_when_it_can_read_nothing(tmp_path):
     from data.pipelines import stream_failure
     from test_worker_pool import deadline
     folder = tmp_path / "crops"
@@ -378,15 +378,14 @@ def test_a_stream_skips_a_file_gone_mid_run_and_stops_when_it_can_read_nothing(t
     batches = iter(synthetic_dataset(paths, SHAPE, 4, seed=1))
     next(batches)
     os.remove(paths[0])
-    for _ in range(10):  # a file removed mid-run: skipped, with a line
+    for _ in range(10):  # a file removed mid-run: skipped, the rest of every epoch read
         assert next(batches).shape == (4, *SHAPE)
-    assert "Cannot read" in capsys.readouterr().out
     shutil.rmtree(folder)  # every file gone (a disk unmounted): the stream ends, it does not spin
     with deadline(30), pytest.raises(tf.errors.OpError) as error:
         for _ in range(1000):
             next(batches)
     message = stream_failure(error.value)
-    assert message.startswith("Reading stopped: 4 files in a row") and str(folder) in message
+    assert message.startswith("Reading stopped: a whole epoch of") and str(folder) in message
     assert "\n" not in message
 
 
