@@ -10,8 +10,8 @@ import time
 import tensorflow as tf
 from tqdm import tqdm
 
-from model import build_refiner
-from utils import OutputError
+from model import build_refiner, refiner_options
+from utils import OutputError, load_params
 
 
 class CheckpointError(RuntimeError):
@@ -108,7 +108,9 @@ def find_refiner_checkpoint(refiner_path, log_dir, flag="refiner_path"):
 
 
 def load_refiner(checkpoint_path, image_shape, data_set="gaze"):
-    """Only the refiner of a generative checkpoint: no discriminator, optimizers or history buffer."""
-    refiner = build_refiner(image_shape, data_set)
+    """Only the refiner of a generative checkpoint, built as its run built it (the options of its params.json):
+    no discriminator, optimizers or history buffer."""
+    options = refiner_options(load_params(os.path.dirname(checkpoint_path)))
+    refiner = build_refiner(image_shape, data_set, **options)
     restore_checkpoint({"refiner": refiner}, checkpoint_path)
     return refiner

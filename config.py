@@ -118,6 +118,16 @@ def _build_parser():
                        help="psi of the self-regularization |psi(refined) - psi(synthetic)|: identity (the original's; "
                             "gaze, hand), the mean of the colour channels, or colour_cast: a cast over the whole "
                             "image free, the colours of its parts anchored (folders)")
+    train.add_argument("--affine_correction", type=str2bool, default=False,
+                       help="refiner: a brightness and contrast change of the whole image after its last convolution, "
+                            "outside the self-regularization (README, 'When refined images stay too close')")
+    train.add_argument("--noise_channels", type=int, default=0,
+                       help="refiner: planes of random noise beside the synthetic image, fresh at every call")
+    train.add_argument("--coordinate_channels", type=str2bool, default=False,
+                       help="refiner and discriminator: each pixel's row and column beside the image")
+    train.add_argument("--final_reg_scale", type=float,
+                       help="lower (or raise) --reg_scale linearly to this over the adversarial iterations "
+                            "(default: constant)")
     train.add_argument("--initial_K_g", type=int, help="refiner pre-training steps, self-regularization only (gaze 1000, hand 500)")
     train.add_argument("--initial_K_d", type=int, default=200, help="discriminator pre-training steps")
     train.add_argument("--K_g", type=int, default=2, help="refiner steps per adversarial iteration")
@@ -235,6 +245,8 @@ def check_config(config):
     require(config.learning_rate > 0, "learning_rate", "must be positive")
     require(config.max_grad_norm > 0, "max_grad_norm", "must be positive")
     require(config.reg_scale >= 0, "reg_scale", "must not be negative")
+    require(config.final_reg_scale is None or config.final_reg_scale >= 0, "final_reg_scale", "must not be negative")
+    require(config.noise_channels >= 0, "noise_channels", "must not be negative")
     require(config.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
     require(config.max_synthetic_num == -1 or config.max_synthetic_num > 0, "max_synthetic_num",
             "must be -1 (all) or positive")

@@ -10,7 +10,6 @@ evaluated. What differs between data sets is their EstimationTask: model.GAZE_ES
 pose_model.HAND_ESTIMATION.
 """
 import functools
-import json
 import os
 import types
 
@@ -25,7 +24,7 @@ from export import load_any_refiner
 from hparams import ESTIMATION_FLAGS, write_hparams
 from model import batch_mean, share_within
 from training_loop import Supervisor, make_optimizer, minimize, write_first_batch
-from utils import write_json
+from utils import load_params, write_json
 
 EARLY_STOPPING_PATIENCE = 3  # epochs without a lower validation error before training stops
 EVALUATION_FILE = "evaluation.json"  # in the model folder: the last evaluation on the real images
@@ -211,7 +210,7 @@ class EstimatorTrainer:
         errors = self.errors(batches)
         within = share_within(errors, self.task.max_within).numpy()
         name, unit = self.task.error_name, self.task.unit
-        refiner_path = self._training_params().get("refiner_path", "")
+        refiner_path = load_params(self.paths.model_dir).get("refiner_path", "")
         results = {
             "model": self.paths.model_name, "checkpoint": checkpoint, "data_set": self.config.data_set,
             "trained_on": _kind(bool(self.trained_on_refined.numpy())), "refiner_path": refiner_path,
@@ -252,18 +251,10 @@ class EstimatorTrainer:
                 tf.summary.scalar(f"real/share_within_{unit}", share, step=threshold)
             tf.summary.text("real/evaluation", f"<pre>{table}</pre>", step=step)
             # The evaluated run's own flags, not this command's: evaluating again passes only a few.
-            trained_with = types.SimpleNamespace(**{**vars(self.config), **self._training_params()})
+            trained_with = types.SimpleNamespace(**{**vars(self.config), **load_params(self.paths.model_dir)})
             write_hparams(trained_with, ESTIMATION_FLAGS, (f"real/{name}", f"real/within_{marked}_{unit}"),
                           trained_on=results["trained_on"])
             writer.flush()
-
-    def _training_params(self):
-        """The flags the model was trained with (params.json), or {} if they were not saved."""
-        try:
-            with open(os.path.join(self.paths.model_dir, "params.json"), "rb") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return {}
 
 
 def _kind(refined):

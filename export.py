@@ -6,7 +6,6 @@ trained it) and LOG_DIR/NAME/refiner_saved_model/ serves `serving_default`: floa
 (N, height, width, channels) in [-1, 1] in, the refined images out, for TensorFlow Serving,
 `saved_model_cli` or a TFLite converter.
 """
-import json
 import os
 import zipfile
 
@@ -14,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from checkpoints import CheckpointError, find_refiner_checkpoint, load_refiner
-from utils import atomic_write
+from utils import atomic_write, load_params
 
 KERAS_FILE = "refiner.keras"
 SAVED_MODEL_DIR = "refiner_saved_model"
@@ -100,11 +99,10 @@ def trained_input_shape(source, log_dir, flag):
     if is_export(source):
         return _load_export(source, flag)[1]
     model_dir = os.path.dirname(find_refiner_checkpoint(source, log_dir, flag))
+    params = load_params(model_dir)
     try:
-        with open(os.path.join(model_dir, "params.json"), encoding="utf-8") as handle:
-            params = json.load(handle)
         return tuple(int(params[name]) for name in ("input_height", "input_width", "input_channel"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"--{flag}={source}: no readable params.json in {model_dir} to tell the refiner's "
                               f"input; give --input_height, --input_width and --input_channel") from None
 

@@ -1,5 +1,6 @@
 """Building blocks of the networks."""
 import keras
+import tensorflow as tf
 
 
 def conv2d(filters, kernel_size, strides=1, activation="relu", name=None, kernel_initializer="glorot_uniform"):
@@ -18,3 +19,81 @@ def resnet_block(inputs, filters, name, kernel_size=3, starts_as_identity=False)
     hidden = conv2d(filters, kernel_size, activation=None, name=f"{name}_conv2",
                     kernel_initializer="zeros" if starts_as_identity else "glorot_uniform")(hidden)
     return keras.layers.ReLU(name=f"{name}_relu")(keras.layers.Add(name=f"{name}_add")([inputs, hidden]))
+
+
+# ---- the opt-in additions to the paper's networks (README, 'When refined images stay too close to the synthetic
+# ones'). Registered, so a refiner.keras that holds them loads wherever this module has been imported.
+
+@keras.saving.register_keras_serializable(package="simgan")
+class NoiseChannels(keras.layers.Layer):
+    """Appends `channels` planes of standard normal noise, fresh at every call (training or not): a source
+    of randomness for the refiner, which is otherwise a fixed function of the synthetic image and so cannot
+    give two identical renders two different sensor noises."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def call(self, images):
+        shape = tf.concat([tf.shape(images)[:-1], [self.channels]], axis=0)
+        return tf.concat([images, tf.random.normal(shape, dtype=images.dtype)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+def coordinate_planes(images):
+    """(batch, H, W, 2): each pixel's row and column of images (batch, H, W, C), each from -1 to 1."""
+    height, width = images.shape[1], images.shape[2]
+    rows, cols = keras.ops.meshgrid(keras.ops.linspace(-1.0, 1.0, height), keras.ops.linspace(-1.0, 1.0, width),
+                                    indexing="ij")
+    planes = keras.ops.cast(keras.ops.stack([rows, cols], axis=-1), images.dtype)   # (H, W, 2)
+    return keras.ops.broadcast_to(planes[None], (keras.ops.shape(images)[0], height, width, 2))
+
+
+@keras.saving.register_keras_serializable(package="simgan")
+class CoordinateChannels(keras.layers.Layer):
+    """Appends each pixel's row and column, each from -1 to 1 (CoordConv): convolutions see no further than
+    their receptive field, so without these a network cannot tell the border (where a camera darkens) from the
+    middle except through the zero padding."""
+
+    def call(self, images):
+        return keras.ops.concatenate([images, coordinate_planes(images)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 2)
+
+
+@keras.saving.register_keras_serializable(package="simgan")
+class AffineCorrection(keras.layers.Layer):
+    """A change of the whole image's brightness and contrast, and a brightness ramp across it (light from one
+    side), chosen per image from the refiner's features.
+
+    Called on [image (batch, H, W, C) in [-1, 1], features (batch, H, W, F)]: the features' means give four
+    numbers: a contrast factor in [1/2, 2] applied around the image's mean, a brightness shift in [-1, 1], and
+    a rise of up to 1/2 from the image's middle to its bottom edge and to its right edge, each in [-1/2, 1/2];
+    the result is clipped to [-1, 1]. The weights start at zero, so it starts as the identity. Nothing it does
+    moves an edge, so it cannot move a label; the self-regularization is taken before it.
+    """
+
+    def build(self, input_shapes):
+        features = input_shapes[1][-1]
+        self.kernel = self.add_weight(shape=(features, 4), initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(4,), initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        image, features = inputs
+        pooled = keras.ops.mean(features, axis=[1, 2])                                     # (batch, F)
+        contrast_log2, shift, row_rise, col_rise = [
+            value[:, None, None, None] for value in keras.ops.unstack(keras.ops.tanh(pooled @ self.kernel + self.bias),
+                                                                      axis=-1)]
+        mean = keras.ops.mean(image, axis=[1, 2, 3], keepdims=True)
+        rows, cols = keras.ops.split(coordinate_planes(image), 2, axis=-1)                   # (batch, H, W, 1) each
+        ramp = shift + 0.5 * (row_rise * rows + col_rise * cols)
+        return keras.ops.clip(mean + keras.ops.power(2.0, contrast_log2) * (image - mean) + ramp, -1.0, 1.0)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]

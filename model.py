@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from config import network_design
-from layers import conv2d, resnet_block
+from layers import AffineCorrection, CoordinateChannels, NoiseChannels, conv2d, resnet_block
 
 REAL_LABEL = 1
 FAKE_LABEL = 0
@@ -22,30 +22,72 @@ REFINER_DESIGNS = {"gaze": dict(kernel_size=3, num_blocks=4, starts_as_identity=
                    "hand": dict(kernel_size=7, num_blocks=10, starts_as_identity=True)}
 
 
-def build_refiner(input_shape, data_set="gaze", filters=64):
+# The opt-in additions to the refiner (flags of the same names; README, 'When refined images stay too close to
+# the synthetic ones') at their defaults: the paper's refiner. A run's params.json records its values.
+REFINER_OPTIONS = {"noise_channels": 0, "coordinate_channels": False, "affine_correction": False}
+
+
+def build_refiner(input_shape, data_set="gaze", filters=64, noise_channels=0, coordinate_channels=False,
+                  affine_correction=False):
     """ResNet refiner: no striding or pooling, so every pixel keeps its place (and its label); as many
     channels out as in.
 
     gaze: a 3x3 convolution, 4 ResNet blocks of 3x3 convolutions; hand: 7x7 and 10 blocks of 7x7;
-    folders: one of the two by the input's size (config.network_design).
+    folders: one of the two by the input's size (config.network_design). Opt-in: noise planes and the pixels'
+    coordinates beside the input; a brightness and contrast change of the whole image after the last
+    convolution (its output, layer "conv_out", is what the self-regularization compares: refiner_outputs).
     """
     design = REFINER_DESIGNS[network_design(data_set, *input_shape[:2])]
     synthetic = keras.Input(input_shape, name="synthetic")
-    hidden = conv2d(filters, design["kernel_size"], name="conv_in")(synthetic)  # (batch, H, W, 64)
+    hidden = synthetic
+    if noise_channels:
+        hidden = NoiseChannels(noise_channels, name="noise")(hidden)
+    if coordinate_channels:
+        hidden = CoordinateChannels(name="coordinates")(hidden)
+    hidden = conv2d(filters, design["kernel_size"], name="conv_in")(hidden)  # (batch, H, W, 64)
     for index in range(design["num_blocks"]):
         hidden = resnet_block(hidden, filters, f"block{index}", design["kernel_size"],
                               design["starts_as_identity"])  # (batch, H, W, 64)
     refined = conv2d(input_shape[-1], 1, activation="tanh", name="conv_out")(hidden)
+    if affine_correction:
+        refined = AffineCorrection(name="affine_correction")([refined, hidden])
     return keras.Model(synthetic, refined, name="refiner")             # (batch, H, W, C) in [-1, 1]
 
 
-def build_discriminator(input_shape, data_set="gaze"):
+def refiner_options(flags):
+    """The REFINER_OPTIONS of {flag: value} (a config's vars, a run's params.json); those missing at their
+    defaults (a run from before they existed)."""
+    return {name: flags.get(name, default) for name, default in REFINER_OPTIONS.items()}
+
+
+def regularized_variables(refiner):
+    """The refiner's variables the warm-up's self-regularization alone trains: all but --affine_correction's,
+    which acts after what is regularized and so gets no gradient there."""
+    return [variable for layer in refiner.layers if layer.name != "affine_correction"
+            for variable in layer.trainable_weights]
+
+
+def refiner_outputs(refiner):
+    """A callable images -> (regularized, refined): what the self-regularization compares with the synthetic
+    images, and the refined images. The same tensor but with --affine_correction, whose change of the whole
+    image comes after what is regularized."""
+    if "affine_correction" not in [layer.name for layer in refiner.layers]:
+        def same(images, training):
+            refined = refiner(images, training=training)
+            return refined, refined
+        return same
+    return keras.Model(refiner.input, [refiner.get_layer("conv_out").output, refiner.output])
+
+
+def build_discriminator(input_shape, data_set="gaze", coordinate_channels=False):
     """Local-patch discriminator: each output position judges one receptive field; the patch grid follows the
-    input's size (the eye design's for gaze, the hand's for hand; folders: by the input's size)."""
-    if network_design(data_set, *input_shape[:2]) == "hand":
-        return _build_hand_discriminator(input_shape)
+    input's size (the eye design's for gaze, the hand's for hand; folders: by the input's size).
+    coordinate_channels: each pixel's row and column beside it, so a patch is judged knowing where it lies."""
     images = keras.Input(input_shape, name="images")
-    hidden = conv2d(96, 3, strides=2, name="conv1")(images)           # (batch, 18, 28, 96) for 35x55
+    hidden = CoordinateChannels(name="coordinates")(images) if coordinate_channels else images
+    if network_design(data_set, *input_shape[:2]) == "hand":
+        return _build_hand_discriminator(images, hidden)
+    hidden = conv2d(96, 3, strides=2, name="conv1")(hidden)           # (batch, 18, 28, 96) for 35x55
     hidden = conv2d(64, 3, strides=2, name="conv2")(hidden)           # (batch, 9, 14, 64)
     hidden = keras.layers.MaxPooling2D(3, strides=1, padding="valid", name="pool")(hidden)  # (batch, 7, 12, 64)
     hidden = conv2d(32, 3, name="conv3")(hidden)
@@ -54,10 +96,9 @@ def build_discriminator(input_shape, data_set="gaze"):
     return keras.Model(images, logits, name="discriminator")
 
 
-def _build_hand_discriminator(input_shape):
+def _build_hand_discriminator(images, hidden):
     """The paper's hand discriminator: 7x7/4 (96), 5x5/2 (64), max-pool 3x3/2, 3x3/2 (32), 1x1 (32), 1x1 (2)."""
-    images = keras.Input(input_shape, name="images")
-    hidden = conv2d(96, 7, strides=4, name="conv1")(images)           # (batch, 56, 56, 96) for 224x224
+    hidden = conv2d(96, 7, strides=4, name="conv1")(hidden)           # (batch, 56, 56, 96) for 224x224
     hidden = conv2d(64, 5, strides=2, name="conv2")(hidden)           # (batch, 28, 28, 64)
     hidden = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool")(hidden)  # (batch, 14, 14, 64)
     hidden = conv2d(32, 3, strides=2, name="conv3")(hidden)           # (batch, 7, 7, 32)

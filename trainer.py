@@ -18,7 +18,7 @@ from distribution import distribute, distributed_batches, is_chief, local_batch,
 from export import RefinerExporter
 from hparams import GENERATIVE_FLAGS, write_hparams
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
-                   self_regularization)
+                   refiner_options, refiner_outputs, regularized_variables, self_regularization)
 from probes import METRICS as PROBE_METRICS, Probes
 from run_report import print_run_report
 from training_loop import Supervisor, apply_gradients, make_optimizer, minimize
@@ -53,14 +53,18 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         self.image_shape = image_shape(config)
         with self.strategy.scope():  # the networks and optimizers live on every replica
-            self.refiner = build_refiner(self.image_shape, config.data_set)
-            self.discriminator = build_discriminator(self.image_shape, config.data_set)
+            self.refiner = build_refiner(self.image_shape, config.data_set, **refiner_options(vars(config)))
+            self.discriminator = build_discriminator(self.image_shape, config.data_set, config.coordinate_channels)
             self.refiner_optimizer = make_optimizer(config, replicas)
             self.discriminator_optimizer = make_optimizer(config, replicas)
             # Optimizer slots must exist before a restore can fill them.
             self.refiner_optimizer.build(self.refiner.trainable_variables)
             self.discriminator_optimizer.build(self.discriminator.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adversarial_step")
+            # --final_reg_scale: the weight the step functions read, set before each adversarial iteration.
+            self.reg_scale = (config.reg_scale if config.final_reg_scale is None
+                              else tf.Variable(config.reg_scale, trainable=False, name="reg_scale"))
+        self.refiner_outputs = refiner_outputs(self.refiner)  # (what is self-regularized, the refined images)
         # One logical history for all replicas, as the original's: it takes whole refined batches and
         # hands each discriminator step half a batch, shared out like the other inputs.
         self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size,
@@ -106,25 +110,25 @@ class Trainer:
     def _warm_up_refiner_step(self, synthetic):
         """The paper's warm-up: the refiner learns the identity under self-regularization only."""
         def losses(chunk):
-            refined = self.refiner(chunk, training=True)
-            loss = batch_mean(self_regularization(refined, chunk, self.config.reg_scale,
+            regularized, refined = self.refiner_outputs(chunk, training=True)
+            loss = batch_mean(self_regularization(regularized, chunk, self.config.reg_scale,
                                                   self.config.self_regularization), self.config.batch_size)
             return {"regularization_loss": loss, "loss": loss}, (refined,)
 
-        losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
-                                          ("regularization_loss", "loss"), outputs=1)
+        losses, (refined,) = self._update(regularized_variables(self.refiner), self.refiner_optimizer, (synthetic,),
+                                          losses, ("regularization_loss", "loss"), outputs=1)
         return losses, tf.cast(refined, tf.float32)  # gathered across workers, whose collectives take no bfloat16
 
     def _refiner_step(self, synthetic):
         """Make refined images look real to the discriminator while staying close to the synthetic ones."""
         def losses(chunk):
-            refined = self.refiner(chunk, training=True)
+            regularized, refined = self.refiner_outputs(chunk, training=True)
             refined_logits = self.discriminator(refined, training=False)  # (chunk, 7, 12, 2) gaze, (chunk, 7, 7, 2) hand
-            return refiner_losses(refined_logits, refined, chunk, self.config.reg_scale,
+            return refiner_losses(refined_logits, regularized, chunk, self.reg_scale,
                                   self.config.batch_size, self.config.self_regularization), (refined,)
 
-        losses, (refined,) = self._update(self.refiner, self.refiner_optimizer, (synthetic,), losses,
-                                          ("realism_loss", "regularization_loss", "loss"), outputs=1)
+        losses, (refined,) = self._update(self.refiner.trainable_variables, self.refiner_optimizer, (synthetic,),
+                                          losses, ("realism_loss", "regularization_loss", "loss"), outputs=1)
         return losses, tf.cast(refined, tf.float32)  # as above
 
     def _discriminator_step(self, synthetic, history, real):
@@ -138,19 +142,20 @@ class Trainer:
                                         self.discriminator(real_chunk, training=True), from_history_chunk,
                                         self.config.batch_size), ()
 
-        losses, _ = self._update(self.discriminator, self.discriminator_optimizer, (fake, from_history, real), losses,
+        losses, _ = self._update(self.discriminator.trainable_variables, self.discriminator_optimizer,
+                                 (fake, from_history, real), losses,
                                  ("synthetic_d_loss", "refiner_d_loss_with_history", "discrim_loss_with_history"))
         return losses
 
-    def _update(self, network, optimizer, inputs, chunk_losses, names, outputs=0):
-        """One step of network with its gradients summed over equal micro-batches of inputs, one after another.
+    def _update(self, variables, optimizer, inputs, chunk_losses, names, outputs=0):
+        """One step of variables with their gradients summed over equal micro-batches of inputs, one after another.
 
         inputs: batches of the replica's batch size; chunk_losses(*chunks) -> (losses, `outputs` tensors
         per image). The losses are sums over the global batch size, so this is the update of one pass over
         the whole batch, but only one micro-batch's activations are alive at a time: at batch 512, 1.1 GB
         less in fp32 for the gaze refiner. The last of names is the loss minimized.
         """
-        chunks, variables = self.micro_batches, network.trainable_variables
+        chunks = self.micro_batches
         if chunks == 1:
             with tf.GradientTape() as tape:
                 losses, chunk_outputs = chunk_losses(*inputs)
@@ -159,7 +164,7 @@ class Trainer:
         size = self.replica_batch // chunks
         gradients = [tf.zeros_like(variable) for variable in variables]
         totals = {name: tf.constant(0.0) for name in names}
-        written = [tf.TensorArray(network.compute_dtype, size=chunks) for _ in range(outputs)]
+        written = [tf.TensorArray(self.refiner.compute_dtype, size=chunks) for _ in range(outputs)]  # refined images
         for index in tf.range(chunks):  # a tf.while_loop
             # One iteration at a time: by default a while loop may run 10 at once (nothing orders one
             # micro-batch's forward pass after the previous one's), and each keeps its activations.
@@ -193,7 +198,8 @@ class Trainer:
         supervisor = Supervisor(self.config, self.checkpoints, self.strategy)
         with self.summary_writer.as_default(), supervisor as self.supervisor:
             if self.chief:
-                write_hparams(self.config, GENERATIVE_FLAGS, PROBE_METRICS)
+                final = self.config.reg_scale if self.config.final_reg_scale is None else self.config.final_reg_scale
+                write_hparams(self.config, GENERATIVE_FLAGS, PROBE_METRICS, final_reg_scale=final)
             finished = all(phase() for phase in (self._warm_up_refiner, self._warm_up_discriminator,
                                                  self._train_adversarially))  # all(): stops at the first False
         self.checkpoints.save(self.global_step)
@@ -249,7 +255,8 @@ class Trainer:
         total, done = self.config.max_step, int(self.step.numpy())
         if done < total and self.config.K_g == 0:  # otherwise each iteration pushes before it samples
             self._ensure_history()
-        for _ in tqdm(range(done, total), desc="Train both", initial=done, total=total):
+        for iteration in tqdm(range(done, total), desc="Train both", initial=done, total=total):
+            self._schedule_reg_scale(iteration)
             for _ in range(self.config.K_g):
                 losses, refined = self.refiner_step(next(self.synthetic_batches))
                 self.history_buffer.push(refined)
@@ -260,6 +267,13 @@ class Trainer:
             if not self.supervisor.checkpoint_and_continue(self.global_step):
                 return False
         return True
+
+    def _schedule_reg_scale(self, iteration):
+        """--final_reg_scale: the weight of adversarial iteration `iteration`, on the line from --reg_scale at the
+        first to --final_reg_scale at the last."""
+        if self.config.final_reg_scale is not None:
+            share = iteration / max(1, self.config.max_step - 1)
+            self.reg_scale.assign(self.config.reg_scale + share * (self.config.final_reg_scale - self.config.reg_scale))
 
     def _discriminate(self):
         """One discriminator step on fresh, history and real images, logged on the discriminator's counter."""

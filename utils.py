@@ -78,6 +78,16 @@ def save_params(config, paths):
     write_json(os.path.join(paths.model_dir, "params.json"), flags, sort_keys=True)
 
 
+def load_params(model_dir):
+    """The flags a run was started with (its params.json), or {} where there is none to read."""
+    try:
+        with open(os.path.join(model_dir, "params.json"), "rb") as handle:
+            params = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
 def write_json(path, values, sort_keys=False):
     """values as indented JSON at path, atomically."""
     text = json.dumps(values, indent=4, sort_keys=sort_keys)
