@@ -114,10 +114,11 @@ def _build_parser():
                             "(--task=estimation: evaluate the estimator at --load_path on the real images)")
     train.add_argument("--max_step", type=int, default=10000, help="adversarial iterations after pre-training")
     train.add_argument("--reg_scale", type=float, default=0.5, help="lambda: weight of the self-regularization (L1) loss")
-    train.add_argument("--self_regularization", choices=["identity", "channel_mean", "colour_cast"],
+    train.add_argument("--self_regularization", choices=["identity", "channel_mean", "colour_cast", "derivatives"],
                        help="psi of the self-regularization |psi(refined) - psi(synthetic)|: identity (the original's; "
-                            "gaze, hand), the mean of the colour channels, or colour_cast: a cast over the whole "
-                            "image free, the colours of its parts anchored (folders)")
+                            "gaze, hand), the mean of the colour channels, colour_cast: a cast over the whole "
+                            "image free, the colours of its parts anchored (folders), or derivatives: neighbouring "
+                            "pixels' differences and the image's mean (slow changes nearly free)")
     train.add_argument("--affine_correction", type=str2bool, default=False,
                        help="refiner: a brightness and contrast change of the whole image after its last convolution, "
                             "outside the self-regularization (README, 'When refined images stay too close')")

@@ -105,6 +105,22 @@ def test_the_warm_up_leaves_the_affine_head_alone_in_micro_batches_too(tiny_conf
     assert np.any(head.kernel.numpy())
 
 
+def test_the_derivatives_psi_frees_slow_changes_and_anchors_the_mean():
+    synthetic = tf.zeros((1, *EYE))
+    rows = np.linspace(-0.2, 0.2, 35, dtype=np.float32)[None, :, None, None] * np.ones((1, *EYE), np.float32)
+    uniform, ramp = tf.fill((1, *EYE), 0.1), tf.constant(rows)
+    checkerboard = tf.constant(0.1 * (-1.0) ** np.add.outer(np.arange(35), np.arange(55))[None, :, :, None],
+                               tf.float32)
+
+    def cost(refined, psi):
+        return float(self_regularization(refined, synthetic, 1.0, psi)[0])
+
+    assert cost(uniform, "derivatives") == pytest.approx(cost(uniform, "identity"), rel=1e-5)  # the anchor
+    assert cost(ramp, "derivatives") < 0.15 * cost(ramp, "identity")  # lighting across the image: nearly free
+    assert cost(checkerboard, "derivatives") > 3 * cost(checkerboard, "identity")  # pixels alone: dear
+    assert cost(synthetic, "derivatives") == 0.0
+
+
 def test_noise_channels_make_each_call_differ_and_reach_the_first_convolution():
     refiner = build_refiner(EYE, noise_channels=2)
     assert refiner.get_layer("conv_in").kernel.shape == (3, 3, 1 + 2, 64)
