@@ -1,7 +1,8 @@
 """The trained refiner outside this program: a Keras 3 file and a SavedModel, and loading either back.
 
 Written beside each checkpoint of a run, LOG_DIR/NAME/refiner.keras opens with
-`keras.models.load_model` in a plain Python (standard layers only, float32 whatever precision
+`keras.models.load_model` in a plain Python (standard layers only unless the run used the refiner's
+opt-in additions, whose layers.py classes register when imported; float32 whatever precision
 trained it) and LOG_DIR/NAME/refiner_saved_model/ serves `serving_default`: float32 images
 (N, height, width, channels) in [-1, 1] in, the refined images out, for TensorFlow Serving,
 `saved_model_cli` or a TFLite converter.
