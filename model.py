@@ -50,7 +50,7 @@ def build_refiner(input_shape, data_set="gaze", filters=64, noise_channels=0, co
                               design["starts_as_identity"])  # (batch, H, W, 64)
     refined = conv2d(input_shape[-1], 1, activation="tanh", name="conv_out")(hidden)
     if affine_correction:
-        refined = AffineCorrection(name="affine_correction")([refined, hidden])
+        refined = AffineCorrection(name="affine_correction")(refined)
     return keras.Model(synthetic, refined, name="refiner")             # (batch, H, W, C) in [-1, 1]
 
 
