@@ -66,10 +66,10 @@ def main():
         rows[run] = denormalize(np.concatenate([refiner(synthetic[start:start + 64], training=False).numpy()
                                                 for start in range(0, len(synthetic), 64)]))
     print(f"realism accuracy on {len(real)} held-out synthetic and real images (0.5: cannot tell)")
-    print(f"{'':34}{'all':>8}{'pixels':>8}{'global':>8}")
+    print(f"{'':44}{'all':>8}{'pixels':>8}{'global':>8}")
     for name, images in rows.items():
-        print(f"{name:34}" + "".join(f"{value:8.2f}" for value in accuracies(images, real, seed)))
-    print(f"{'real (even against odd places)':34}" + "".join(
+        print(f"{name:44}" + "".join(f"{value:8.2f}" for value in accuracies(images, real, seed)))
+    print(f"{'real (even against odd places)':44}" + "".join(
         f"{value:8.2f}" for value in accuracies(real[0::2], real[1::2], seed)))
 
 

@@ -177,8 +177,11 @@ def test_the_run_writes_its_hparams_and_the_probes_as_their_metrics(probed):
     plugin = events.SummaryMetadata("_hparams_/session_start_info").plugin_data
     info = plugin_data_pb2.HParamsPluginData.FromString(plugin.content).session_start_info
     assert {"reg_scale", "optimizer", "learning_rate", "K_g", "K_d", "batch_size", "buffer_size", "data_set",
-            "precision"} <= set(info.hparams)
+            "precision", "affine_correction", "noise_channels", "coordinate_channels", "final_reg_scale",
+            "self_regularization"} <= set(info.hparams)
     assert info.hparams["batch_size"].number_value == 4 and info.hparams["precision"].string_value == "float32"
+    assert info.hparams["final_reg_scale"].number_value == 0.5  # none given: the constant --reg_scale
+    assert info.hparams["affine_correction"].bool_value is False
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         events.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
     assert {metric.name.tag for metric in experiment.metric_infos} >= {"probe/realism_accuracy",
