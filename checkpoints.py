@@ -107,6 +107,19 @@ def find_refiner_checkpoint(refiner_path, log_dir, flag="refiner_path"):
                           f"train a generative model first")
 
 
+def keep_run_networks(config, model_dir):
+    """Resuming a run: the options that shape its networks (model.REFINER_OPTIONS) and that the command line
+    does not give are the run's own, from its params.json, so that its checkpoint fits what is built. Says
+    which were taken."""
+    given = getattr(config, "given_flags", frozenset())
+    taken = {flag: value for flag, value in refiner_options(load_params(model_dir)).items()
+             if flag not in given and getattr(config, flag) != value}
+    for flag, value in taken.items():
+        setattr(config, flag, value)
+    if taken:
+        tqdm.write("[*] Resuming with the run's own " + " ".join(f"--{flag}={value}" for flag, value in taken.items()))
+
+
 def load_refiner(checkpoint_path, image_shape, data_set="gaze"):
     """Only the refiner of a generative checkpoint, built as its run built it (the options of its params.json):
     no discriminator, optimizers or history buffer."""

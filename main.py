@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from checkpoints import CheckpointError  # noqa: E402
+from checkpoints import CheckpointError, keep_run_networks  # noqa: E402
 from config import (ConfigError, check_config, check_config_against_data, check_config_against_replicas,  # noqa: E402
                     get_config)
 from data.folder_data import load_folder_data  # noqa: E402
@@ -55,6 +55,8 @@ def run(config):
     strategy = tf.distribute.get_strategy() if refining else make_strategy(config)
     chief = is_chief(strategy)
     paths = run_paths(config)
+    if config.is_train and config.task == "generative":
+        keep_run_networks(config, paths.model_dir)
     make_run_folders(config, paths, chief)
     set_seeds(config.random_seed)
     load_data, estimation_task = DATA_SETS[config.data_set]
