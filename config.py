@@ -169,7 +169,7 @@ def _build_parser():
                            "the flags not given; False: the original's defaults there too")
     misc.add_argument("--gpu_memory_fraction", type=float, default=1.0, help="share of GPU memory TensorFlow may take (1.0: grow as needed)")
     misc.add_argument("--mixed_precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                      help="auto: bf16 on a CPU with native bfloat16 (AMX or AVX512-BF16: 3.2x faster, README), "
+                      help="auto: bf16 on a CPU with native bfloat16 (AMX or AVX512-BF16: 1.8-3.2x faster, README), "
                            "else fp32; fp16 (with loss scaling) is for GPUs")
     misc.add_argument("--distribution", default="auto", choices=["auto", "none", "mirrored", "multi_worker"],
                       help="auto: MirroredStrategy over all GPUs when there are two or more, else none; mirrored: "
