@@ -78,8 +78,8 @@ class AffineCorrection(keras.layers.Layer):
     [-1, 1]. Ten weights, starting at zero, so it starts as the identity; keyed on two numbers an image rather
     than the refiner's 64 feature maps, so that Adam's steps, each about the learning rate a weight, move the
     brightness a little a step: keyed on the feature maps, the brightness swung by up to 2.3 real spreads
-    between probes 25 steps apart on the bundled sample (beside noise and coordinate channels). Nothing it does moves an edge, so it cannot move a
-    label; the self-regularization is taken before it.
+    between probes 25 steps apart on the bundled sample (beside noise and coordinate channels). Nothing it
+    does moves an edge, so it cannot move a label; the self-regularization is taken before it.
     """
 
     def build(self, input_shape):

@@ -26,7 +26,8 @@ import tensorflow as tf  # noqa: E402
 
 from utils import load_params  # noqa: E402
 
-PANELS = {"probe/realism_accuracy": ("realism: classifier accuracy (0.5 = cannot tell)", "realism accuracy (synthetic)"),
+PANELS = {"probe/realism_accuracy": ("realism: classifier accuracy (0.5 = cannot tell)",
+                                     "realism accuracy (synthetic)"),
           "probe/statistics_distance": ("statistics distance (real spreads)", "statistics distance"),
           "probe/brightness_distance": ("brightness distance (real spreads)", "brightness distance"),
           "probe/grey_level_change": ("mean grey-level change from input", "grey-level change"),
