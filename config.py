@@ -18,6 +18,9 @@ MIN_ESTIMATOR_INPUT = 19
 MIN_ESTIMATOR_STEPS = 200     # fewer optimizer steps than this over --num_epochs: warn before training
 GOOD_ESTIMATOR_STEPS = 300    # what the suggested --batch_size gives at least
 MIN_PROBE_IMAGES = 20         # of each kind, for the realism probe's five folds to hold a few of each
+# The estimation probe's labelled images held out (synthetic, real), each at most a fifth of what is left: README,
+# 'Keeping the best refiner', measures its cost and ranking at these sizes.
+ESTIMATION_PROBE_IMAGES = (1024, 512)
 
 
 # Flags whose default depends on --data_set (the paper's appendix: the hand networks take 224x224
@@ -39,7 +42,7 @@ DATA_SET_DEFAULTS = {
 # on 2 cores in fp32 (README, 'Results on the bundled sample'), probed often enough to see the realism probe
 # fall. Flags given on the command line win; --sample_schedule=False gives the original's defaults.
 SAMPLE_SCHEDULE = {"batch_size": 32, "buffer_size": 3200, "initial_K_g": 100, "initial_K_d": 50, "max_step": 150,
-                   "log_step": 10, "eval_step": 50}
+                   "log_step": 10, "eval_step": 50, "estimation_probe_step": 200}
 # --data_set=folders: inputs whose shorter side is under this get the eye networks, others the hand's. Their
 # refiners see 19 and 127 pixels around a pixel: at 35 and 224 rows, about 55% of the shorter side each; this
 # is the side where both are equally far (by ratio) from that share.
@@ -155,6 +158,13 @@ def _build_parser():
     misc.add_argument("--log_step", type=int, default=20, help="steps between summaries and sample grids")
     misc.add_argument("--eval_step", type=int, default=500,
                       help="refiner steps between the probes of refinement (probe/ in TensorBoard); 0: none")
+    misc.add_argument("--estimation_probe_step", type=int, default=500,
+                      help="refiner steps between estimation probes: a small estimator trained on refined held-out "
+                           "images, its error on labelled real ones (gaze, hand; about 1%% of training time at the "
+                           "defaults); it chooses the best refiner; 0: none")
+    misc.add_argument("--refiner", default="latest", choices=["latest", "best"],
+                      help="test mode and --refiner_path: the run's latest refiner (the original's) or the one its "
+                           "probes found best (refiner_best.keras; README, 'Keeping the best refiner')")
     misc.add_argument("--probe_images", type=int, default=256,
                       help="synthetic and real images held out of training for the probes (at most a fifth of each)")
     misc.add_argument("--log_dir", default="logs", help="checkpoints, TensorBoard events and params.json go in LOG_DIR/NAME")
@@ -233,7 +243,7 @@ def check_config(config):
     for flag in ("input_height", "input_width", "input_channel", "batch_size", "buffer_size",
                  "log_step", "checkpoint_secs", "max_image_summary", "num_epochs", "cpu_replicas", "probe_images"):
         require(getattr(config, flag) is None or getattr(config, flag) > 0, flag, "must be positive")
-    for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d", "eval_step"):
+    for flag in ("max_step", "initial_K_g", "initial_K_d", "K_g", "K_d", "eval_step", "estimation_probe_step"):
         require(getattr(config, flag) is None or getattr(config, flag) >= 0, flag, "must not be negative")
     if None in (config.batch_size, config.buffer_size, config.input_channel, config.learning_rate):
         return  # --data_set=folders: the rest is checked again once the images have set them
@@ -334,6 +344,16 @@ def probe_images(config, num_synthetic, num_real):
     return count if count >= MIN_PROBE_IMAGES else 0
 
 
+def estimation_probe_images(config, num_synthetic, num_real):
+    """(synthetic, real) labelled images the estimation probe holds out of training, of the images the realism probes
+    left: (0, 0) when it is off, would never run in this run, or would have too few."""
+    if not (config.is_train and config.task == "generative" and config.data_set != "folders"
+            and 0 < config.estimation_probe_step <= config.initial_K_g + config.K_g * config.max_step):
+        return 0, 0
+    synthetic, real = (min(most, count // 5) for most, count in zip(ESTIMATION_PROBE_IMAGES, (num_synthetic, num_real)))
+    return (synthetic, real) if min(synthetic, real) >= MIN_PROBE_IMAGES else (0, 0)
+
+
 def check_config_against_data(config, data):
     """The checks that need the data (its counts, nothing else): ConfigError before any network is built."""
     rows, cols = config.sample_image_grid
@@ -342,6 +362,7 @@ def check_config_against_data(config, data):
         print(f"[!] --eval_step={config.eval_step}: no probes, the data sets are too small to hold out "
               f"{MIN_PROBE_IMAGES} images of each (a fifth at most)")
     num_synthetic = data.num_synthetic - held_out
+    num_synthetic -= estimation_probe_images(config, num_synthetic, len(data.real_images) - held_out)[0]
     if config.is_train and config.task == "generative" and rows * cols > num_synthetic:
         raise ConfigError(f"--sample_image_grid={rows},{cols}: needs {rows * cols} test images but the "
                           f"synthetic set has {num_synthetic}")

@@ -35,7 +35,8 @@ def run_estimation(config, paths, data, task, strategy=None):
     shape = image_shape(config)
     refiner = None
     if config.is_train and config.refiner_path:
-        refiner, loaded = load_any_refiner(config.refiner_path, config.log_dir, shape, "refiner_path", config.data_set)
+        refiner, loaded = load_any_refiner(config.refiner_path, config.log_dir, shape, "refiner_path", config.data_set,
+                                           config.refiner)
         print(f"[*] Training on synthetic images refined by {loaded} (refined once, into temporary files)")
     trainer = EstimatorTrainer(config, paths, data.estimation_sets(shape, config.batch_size, refiner), task, strategy)
     return trainer.train() if config.is_train else trainer.evaluate()

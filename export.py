@@ -13,11 +13,13 @@ import zipfile
 import keras
 import tensorflow as tf
 
+from best_refiner import describe_best
 from checkpoints import CheckpointError, find_refiner_checkpoint, load_refiner
 from utils import atomic_write, load_params
 
 KERAS_FILE = "refiner.keras"
 SAVED_MODEL_DIR = "refiner_saved_model"
+BEST_NAME = "refiner_best"  # the best refiner's exports (best_refiner.py): refiner_best.keras, its SavedModel
 SIGNATURE_INPUT, SIGNATURE_OUTPUT = "images", "refined"
 
 
@@ -32,14 +34,16 @@ def float32_refiner(refiner):
 
 
 class RefinerExporter:
-    """Writes MODEL_DIR/refiner.keras and MODEL_DIR/refiner_saved_model/, each atomically, at each call.
+    """Writes MODEL_DIR/refiner.keras and MODEL_DIR/refiner_saved_model/ (with name="refiner_best":
+    refiner_best.keras and refiner_best_saved_model/), each atomically, at each call.
 
     The float32 copy and its serving function are built (and traced) once, so a checkpoint's exports
     cost about a second, not several.
     """
 
-    def __init__(self, refiner, model_dir):
+    def __init__(self, refiner, model_dir, name="refiner"):
         self.refiner, self.model_dir = refiner, model_dir
+        self.keras_file, self.saved_model_dir = f"{name}.keras", f"{name}_saved_model"
         self.copy = float32_refiner(refiner)
         self.module = tf.Module()
         self.module.refiner = self.copy
@@ -50,12 +54,12 @@ class RefinerExporter:
     @property
     def files(self):
         """Where the exports are written: the .keras file, the SavedModel folder."""
-        return os.path.join(self.model_dir, KERAS_FILE), os.path.join(self.model_dir, SAVED_MODEL_DIR) + os.sep
+        return os.path.join(self.model_dir, self.keras_file), os.path.join(self.model_dir, self.saved_model_dir) + os.sep
 
     def __call__(self):
         self.copy.set_weights(self.refiner.get_weights())
-        atomic_write(os.path.join(self.model_dir, KERAS_FILE), self.copy.save, to_path=True)
-        atomic_write(os.path.join(self.model_dir, SAVED_MODEL_DIR), self._save_serving, to_path=True)
+        atomic_write(os.path.join(self.model_dir, self.keras_file), self.copy.save, to_path=True)
+        atomic_write(os.path.join(self.model_dir, self.saved_model_dir), self._save_serving, to_path=True)
 
     def _save_serving(self, path):
         tf.saved_model.save(self.module, path, signatures={"serving_default": self.module.serve})
@@ -78,14 +82,17 @@ def is_export(path):
     return str(path).endswith(".keras") or os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def load_any_refiner(source, log_dir, image_shape, flag, data_set="gaze"):
+def load_any_refiner(source, log_dir, image_shape, flag, data_set="gaze", which="latest"):
     """A refiner callable refine(images) -> refined images, from a .keras file, a SavedModel or a run.
 
-    source: a .keras file, a SavedModel folder, or a generative run (name under log_dir or path);
-    CheckpointError (one line, naming --flag) when it cannot be loaded. Returns (refine, what was loaded).
+    source: a .keras file, a SavedModel folder, or a generative run (name under log_dir or path), whose
+    latest checkpoint's refiner (which="latest") or best refiner (which="best": its refiner_best.keras) is
+    loaded; CheckpointError (one line, naming --flag) when it cannot be. Returns (refine, what was loaded).
     """
     if not is_export(source):
         checkpoint = find_refiner_checkpoint(source, log_dir, flag)
+        if which == "best":
+            return _load_best(os.path.dirname(checkpoint), image_shape, flag)
         refiner = load_refiner(checkpoint, image_shape, data_set)
         return (lambda images: refiner(images, training=False)), checkpoint
     serve, shape = _load_export(source, flag)
@@ -93,6 +100,16 @@ def load_any_refiner(source, log_dir, image_shape, flag, data_set="gaze"):
         raise CheckpointError(f"--{flag}={source}: the refiner takes {shape} images, the flags ask for "
                               f"{tuple(image_shape)} (--input_height, --input_width, --input_channel)")
     return serve, source
+
+
+def _load_best(model_dir, image_shape, flag):
+    """The best refiner a run kept (its refiner_best.keras), as load_any_refiner returns it."""
+    path = os.path.join(model_dir, f"{BEST_NAME}.keras")
+    if not os.path.exists(path):
+        raise CheckpointError(f"--refiner=best: {model_dir} kept no best refiner (no probe ran in it, or an earlier "
+                              f"version trained it); --refiner=latest takes its last")
+    refine, loaded = load_any_refiner(path, None, image_shape, flag)
+    return refine, f"{loaded} (the best probe's: {describe_best(model_dir)})"
 
 
 def trained_input_shape(source, log_dir, flag):

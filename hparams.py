@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import api as hp
 # The flags a sweep varies, for each task; the precision is the one the run computes in, not "auto".
 GENERATIVE_FLAGS = ("data_set", "reg_scale", "self_regularization", "optimizer", "learning_rate", "K_g", "K_d",
                     "batch_size", "buffer_size", "affine_correction", "noise_channels", "coordinate_channels")
-ESTIMATION_FLAGS = ("data_set", "refiner_path", "optimizer", "learning_rate", "batch_size", "num_epochs")
+ESTIMATION_FLAGS = ("data_set", "refiner_path", "refiner", "optimizer", "learning_rate", "batch_size", "num_epochs")
 
 
 def write_hparams(config, flags, metrics, **values):

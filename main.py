@@ -74,7 +74,7 @@ def run(config):
     if config.task == "estimation":  # train and evaluate, or evaluate again
         run_estimation(config, paths, data, estimation_task, strategy)
     elif config.is_train:
-        Trainer(config, paths, data, strategy).train()
+        Trainer(config, paths, data, strategy, estimation_task).train()
     else:
         refine_folder(config, paths, data)  # refine every synthetic image
 

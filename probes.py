@@ -33,7 +33,8 @@ FEATURE_SIDE = 32       # pixels are averaged down to at most this many a side
 HISTOGRAM_BINS = 16
 STATISTICS = ("brightness", "contrast", "high_frequency")
 # The probes' tags a sweep compares (hparams.py); each statistic's own distance is written beside them.
-METRICS = ("probe/realism_accuracy", "probe/statistics_distance", "probe/grey_level_change", "probe/label_shift")
+METRICS = ("probe/realism_accuracy", "probe/statistics_distance", "probe/grey_level_change", "probe/label_shift",
+           "probe/estimation_error")  # the last: estimation_probe.py
 
 
 def image_statistics(pixels):

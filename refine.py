@@ -36,7 +36,8 @@ def refine_folder(config, paths, data):
         raise OutputError(f"--output_dir would write into the input folder {synthetic}")
     shape = image_shape(config)
     # An export as it is; a run's refiner alone from its latest checkpoint (no discriminator, optimizers or buffer).
-    refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path", config.data_set)
+    refine, loaded = load_any_refiner(config.load_path, config.log_dir, shape, "load_path", config.data_set,
+                                     config.refiner)
     tqdm.write(f"[*] Loaded the refiner of {loaded}")
     targets = _targets(data, paths.output_dir)
     remaining = [name for name, target in targets.items() if not os.path.exists(target)]

@@ -11,11 +11,13 @@ import os
 import tensorflow as tf
 from tqdm import tqdm
 
+from best_refiner import BestRefiner
 from checkpoints import Checkpoints
-from config import image_shape, probe_images
+from config import estimation_probe_images, image_shape, probe_images
 from data.history_buffer import HistoryBuffer
 from distribution import distribute, distributed_batches, is_chief, local_batch, run_on_replicas
-from export import RefinerExporter
+from estimation_probe import EstimationProbe
+from export import BEST_NAME, RefinerExporter
 from hparams import GENERATIVE_FLAGS, write_hparams
 from model import (batch_mean, build_discriminator, build_refiner, discriminator_losses, refiner_losses,
                    refiner_options, refiner_outputs, regularized_variables, self_regularization)
@@ -44,8 +46,10 @@ def pushes_history(step, initial_K_g):
 class Trainer:
     """Builds SimGAN and runs its schedule: refiner warm-up, discriminator warm-up, K_g:K_d alternation."""
 
-    def __init__(self, config, paths, data, strategy=None):
+    def __init__(self, config, paths, data, strategy=None, estimation_task=None):
+        """estimation_task: the data set's EstimationTask (model.py), for the estimation probe; None: none."""
         self.config = config
+        self.estimation_task = estimation_task
         self.paths = paths
         self.data = data
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -69,7 +73,7 @@ class Trainer:
         # hands each discriminator step half a batch, shared out like the other inputs.
         self.history_buffer = HistoryBuffer(config.buffer_size, self.image_shape, config.batch_size,
                                             config.random_seed)
-        self.probes = None  # train() holds their images out, on the chief
+        self.probes = self.estimation_probe = self.best_refiner = None  # train() holds their images out, on the chief
         # The optimizers' `iterations` are the two step counters. These names are the checkpoint's keys.
         checkpoint = dict(
             refiner=self.refiner, discriminator=self.discriminator, step=self.step,
@@ -191,7 +195,7 @@ class Trainer:
         self.restore()
         rows, cols = self.config.sample_image_grid  # fixed images, the first ones whether probed or not: every
         self.test_images = self.data.test_images(self.image_shape, rows * cols)  # sample grid is comparable
-        self.probes = self._hold_out_for_probes()  # before the streams open: they must not draw these
+        self._hold_out_for_probes()  # before the streams open: they must not draw these
         self._open_batches(self.config.random_seed + self.global_step)  # a resumed run continues with fresh batches
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
@@ -205,8 +209,8 @@ class Trainer:
         self.checkpoints.save(self.global_step)
         self.checkpoints.close()
         if self.chief:
-            print_run_report(self.config, self.paths, self.checkpoints.latest, self.probes, finished,
-                             self.exporter.files)
+            print_run_report(self.config, self.paths, self.checkpoints.latest, finished, self.exporter.files,
+                             self.probes, self.estimation_probe, self.best_refiner)
 
     def _open_batches(self, seed):
         """The three input streams; in a cluster each worker reads only its replicas' shares of each batch.
@@ -282,13 +286,24 @@ class Trainer:
         self.supervisor.log(losses, int(self.discriminator_optimizer.iterations.numpy()))
 
     def _log_refiner(self, losses):
-        """The refiner's scalars, test images and sample grid, and the probes every eval_step, on the refiner's
-        counter (the original's axes)."""
+        """The refiner's scalars, test images and sample grid, and the probes when due, on the refiner's counter
+        (the original's axes)."""
         step = int(self.refiner_optimizer.iterations.numpy())
         self.supervisor.log({f"refiner/{name}": value for name, value in losses.items()}, step,
                             self._write_samples if self.chief else None)
-        if self.probes is not None and step % self.config.eval_step == 0:
-            self.probes.write(self.refine, step)
+        self._probe(step)
+
+    def _probe(self, refiner_step):
+        """The realism probes every eval_step, the estimation probe every estimation_probe_step; then the best
+        refiner is kept if these values beat the best so far (best_refiner.py)."""
+        values = {}
+        if self.probes is not None and refiner_step % self.config.eval_step == 0:
+            values.update(self.probes.write(self.refine, refiner_step))
+        if self.estimation_probe is not None and refiner_step % self.config.estimation_probe_step == 0:
+            values.update(self.estimation_probe.write(self.refine, refiner_step))
+        if values and self.best_refiner is not None and self.best_refiner.consider(refiner_step, values):
+            tqdm.write(f"[*] Refiner step {refiner_step}: the best refiner so far, exported as "
+                       f"{self.best_refiner.exporter.files[0]}")
 
     def _ensure_history(self):
         """A discriminator step before any push (initial_K_g <= 10, or K_g = 0) would find the buffer empty,
@@ -299,17 +314,43 @@ class Trainer:
     # ---- summaries, samples, probes, checkpoints ----
 
     def _hold_out_for_probes(self):
-        """The probes' images, held out of the training streams on every worker; the chief's Probes, else None."""
-        count = probe_images(self.config, self.data.num_synthetic, len(self.data.real_images))
-        if not count:
-            return None
-        synthetic, real = self.data.hold_out(count, self.image_shape, self.config.random_seed)
+        """The probes' images, held out of the training streams on every worker; on the chief, the probes and the
+        keeper of the best refiner."""
+        config, shape = self.config, self.image_shape
+        count = probe_images(config, self.data.num_synthetic, len(self.data.real_images))
+        held_out = self.data.hold_out(count, shape, config.random_seed) if count else None
+        counts = estimation_probe_images(config, self.data.num_synthetic, len(self.data.real_images))
+        labelled = None
+        if min(counts) and self.estimation_task is not None:
+            labelled = self.data.hold_out_labelled(*counts, shape, config.random_seed + 2)
         if not self.chief:
-            return None
-        tqdm.write(f"[*] Probes every {self.config.eval_step} refiner steps, on {count} synthetic and {count} real "
-                   f"images held out of training (probe/ in TensorBoard)")
+            return
         refine_batch = max(1, self.replica_batch // self.micro_batches)  # the activations of one training micro-batch
-        return Probes(synthetic, real, self.data.label_positions, refine_batch, self.config.random_seed)
+        if held_out is not None:
+            tqdm.write(f"[*] Probes every {config.eval_step} refiner steps, on {count} synthetic and {count} real "
+                       f"images held out of training (probe/ in TensorBoard)")
+            self.probes = Probes(*held_out, self.data.label_positions, refine_batch, config.random_seed)
+        if labelled is not None:
+            self.estimation_probe = self._estimation_probe(labelled, refine_batch)
+        if self.probes is not None or self.estimation_probe is not None:
+            by_estimation = self.estimation_probe is not None
+            self.best_refiner = BestRefiner(
+                RefinerExporter(self.refiner, self.paths.model_dir, BEST_NAME),
+                "estimation_error" if by_estimation else "statistics_distance", shape,
+                self.estimation_task.unit if by_estimation else "real spreads")
+
+    def _estimation_probe(self, labelled, refine_batch):
+        """The estimation probe on the labelled held-out images; None (said in one line) where its estimator
+        cannot take the input."""
+        try:
+            probe = EstimationProbe(labelled, self.estimation_task, self.config, refine_batch, self.config.random_seed)
+        except ValueError as error:
+            tqdm.write(f"[!] No estimation probe: {error}")
+            return None
+        tqdm.write(f"[*] Estimation probe every {self.config.estimation_probe_step} refiner steps: an estimator trained "
+                   f"on {len(labelled.synthetic)} held-out synthetic images, refined, measured on {len(labelled.real)} "
+                   f"held-out real ones (probe/estimation_error)")
+        return probe
 
     def _write_samples(self, refiner_step):
         """The test images refined now: an image summary and SAMPLE_DIR/NAME/{refiner_step}.png.

@@ -63,6 +63,12 @@ class DataSet(abc.ABC):
         """Take `count` synthetic and `count` real images, chosen with seed, out of what the training batches
         draw, for the probes (probes.py): (synthetic, real), each (count, H, W, C) in [-1, 1]."""
 
+    def hold_out_labelled(self, synthetic_count, real_count, input_shape, seed):
+        """Take up to synthetic_count synthetic and real_count real images with their labels out of what the
+        training batches draw, for the estimation probe (estimation_probe.py): a LabelledHoldOut, or None for a
+        data set whose real images have no labels. Images without a usable label are left out of it."""
+        return None
+
     @abc.abstractmethod
     def label_positions(self, pixels):
         """(N, 2) (x, y) in pixels: where a cheap proxy of each uint8 image's label lies (the probes watch it);
@@ -84,6 +90,15 @@ def held_out_indices(total, count, seed):
     """(held out, kept): sorted indices of count items of total chosen with seed, and of the others."""
     held = np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
     return held, np.setdiff1d(np.arange(total), held)
+
+
+@dataclass
+class LabelledHoldOut:
+    """Labelled images held out of training: uint8 (N, H, W, C) at the input size, labels as the estimator's."""
+    synthetic: np.ndarray
+    synthetic_labels: np.ndarray
+    real: np.ndarray           # oriented as the estimator is evaluated (gaze: right eyes mirrored into left eyes)
+    real_labels: np.ndarray
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from config import apply_sample_schedule
 from data import estimation_cache, mpiigaze, unityeyes
-from data.data_set import DataSet, EstimationSets, held_out_indices
+from data.data_set import DataSet, EstimationSets, LabelledHoldOut, held_out_indices
 from data.download import fetch_mpiigaze
 from data.gaze_labels import as_left_eyes, label_crops, pupil_positions, split_by_file
 from data.gaze_sample import write_sample
@@ -80,6 +80,21 @@ class GazeData(DataSet):
         self.real_images = RowSubset(self.real_images, kept)
         self.real_gaze, self.real_right_eye = self.real_gaze[kept], self.real_right_eye[kept]
         return np.asarray(synthetic), np.asarray(real)
+
+    def hold_out_labelled(self, synthetic_count, real_count, input_shape, seed):
+        held, kept = held_out_indices(len(self.synthetic_paths), synthetic_count, seed)
+        held_paths = [self.synthetic_paths[index] for index in held]
+        self.synthetic_paths = [self.synthetic_paths[index] for index in kept]
+        try:  # a few files' labels, read directly: the labels index is the whole folder's
+            paths, gaze = label_crops(held_paths)
+        except DataError:
+            return None
+        held, kept = held_out_indices(len(self.real_images), real_count, seed + 1)
+        rows, real_gaze = as_left_eyes(self.real_images[held], self.real_gaze[held], self.real_right_eye[held])
+        self.real_images = RowSubset(self.real_images, kept)
+        self.real_gaze, self.real_right_eye = self.real_gaze[kept], self.real_right_eye[kept]
+        return LabelledHoldOut(denormalize(_decode(paths, input_shape)), gaze,
+                               denormalize(to_network_input(rows, input_shape)), real_gaze)
 
     def label_positions(self, pixels):
         return pupil_positions(pixels)

@@ -29,13 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from data import nyu
-from data.data_set import DataSet, EstimationSets, held_out_indices
+from data.data_set import DataSet, EstimationSets, LabelledHoldOut, held_out_indices
 from data.hand_sample import is_complete_hand_sample, is_hand_sample, write_hand_sample
 from data.npy_file import RowSubset, npz_member_rows, read_rows, write_rows, write_temporary_rows
 from data.pipelines import array_batches, rows_on_disk, to_network_input
 from data.reports import DataError, report_skipped
 from data.sample_staging import use_bundled_sample
-from utils import atomic_write
+from utils import atomic_write, denormalize
 from worker_processes import default_workers
 
 SAMPLE_HAND_DIR = Path(__file__).resolve().parent / "sample" / "hand"  # the bundled sample, apart from real data
@@ -105,6 +105,15 @@ class HandData(DataSet):
             held_out.append(np.asarray(to_network_input(crops.images[held], input_shape)))
             setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
         return tuple(held_out)
+
+    def hold_out_labelled(self, synthetic_count, real_count, input_shape, seed):
+        held_out = []
+        for kind, count, kind_seed in (("synthetic", synthetic_count, seed), ("real", real_count, seed + 1)):
+            crops = getattr(self, kind)
+            held, kept = held_out_indices(len(crops), count, kind_seed)
+            held_out += [denormalize(to_network_input(crops.images[held], input_shape)), crops.joints[held]]
+            setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
+        return LabelledHoldOut(*held_out)
 
     def label_positions(self, pixels):
         """The hand's centre: the mean position of the pixels nearer than the background."""

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 
-from config import ConfigError, check_config, check_config_against_data, get_config, probe_images
+from config import (ConfigError, check_config, check_config_against_data, estimation_probe_images, get_config,
+                    probe_images)
 
 ORIGINAL_DEFAULTS = {
     "kernel_dims": [], "stride_size": [], "channel_dims": [],
@@ -157,6 +158,17 @@ def test_the_hand_estimators_input_must_halve_evenly():
     with pytest.raises(ConfigError, match=r"--input_height=40: the hand estimator \(--estimator_depth=3\) needs a "
                                           r"multiple of 32"):
         check_config(config)
+
+
+def test_the_estimation_probe_holds_out_a_fifth_of_what_is_left_at_most_and_only_when_it_will_run():
+    assert estimation_probe_images(get_config([]), 10 ** 6, 200000) == (1024, 512)
+    assert estimation_probe_images(get_config([]), 2744, 2744) == (548, 512)  # the bundled sample's
+    assert estimation_probe_images(get_config([]), 99, 10000) == (0, 0)  # 19: too few
+    for flags in (["--estimation_probe_step=0"], ["--task=estimation"], ["--data_set=folders"],
+                  ["--initial_K_g=99", "--max_step=200"]):  # 499 refiner steps: a probe every 500 never runs
+        assert estimation_probe_images(get_config(flags), 10 ** 6, 10 ** 6) == (0, 0), flags
+    with pytest.raises(ConfigError, match="^--estimation_probe_step=-1: must not be negative$"):
+        check_config(get_config(["--estimation_probe_step=-1"]))
 
 
 def test_the_probes_hold_out_at_most_a_fifth_of_each_set_and_are_off_when_that_is_too_few(capsys):

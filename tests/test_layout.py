@@ -8,7 +8,8 @@ from conftest import ROOT
 
 # A module imports only from lower layers (the data package's modules also from each other).
 LAYERS = {"utils": 0, "worker_processes": 0, "config": 0, "data": 1, "layers": 1, "distribution": 1, "training_loop": 2, "model": 2, "probes": 2, "hparams": 2, "run_report": 2,
-          "pose_model": 3, "checkpoints": 3, "export": 4, "trainer": 5, "refine": 5, "estimation": 5, "main": 6}
+          "best_refiner": 2,
+          "pose_model": 3, "checkpoints": 3, "estimation_probe": 3, "export": 4, "trainer": 5, "refine": 5, "estimation": 5, "main": 6}
 MAX_LINES = 450
 MAX_TRAINER_LINES = 400
 LONG_ON_PURPOSE = {os.path.join("data", "gaze_sample.py")}  # the procedural eye renderer

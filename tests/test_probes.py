@@ -10,6 +10,7 @@ from data.gaze_labels import pupil_positions
 from data.gaze_sample import write_sample
 from data.hand_data import BACKGROUND, HandData
 from probes import grey_level_change, image_statistics, label_shift, realism_accuracy, statistics_distance
+from utils import denormalize
 
 
 def eyes(count, seed, brightness=120.0, noise=20.0):
@@ -231,14 +232,19 @@ def test_the_held_out_images_never_reach_a_training_stream(load, tmp_path):
     pipeline or by two (a cluster's shards), for an epoch: each image drawn is a kept one, and every kept
     one is drawn (so the check is not empty)."""
     data, shape = load(tmp_path)
-    held_synthetic, held_real = data.hold_out(10, shape, seed=7)
-    kept = {"synthetic": 40, "real": len(data.real_images)}
+    held = dict(zip(("synthetic", "real"), (denormalize(images) for images in data.hold_out(10, shape, seed=7))))
+    labelled = data.hold_out_labelled(5, 5, shape, seed=8)  # the estimation probe's, where there are labels
+    if labelled is not None:
+        assert len(labelled.synthetic_labels) == len(labelled.real_labels) == 5 and labelled.synthetic.shape[1:] == shape
+        held = {kind: np.concatenate([held[kind], getattr(labelled, kind)]) for kind in held}
+    assert (labelled is None) == (load is _folders)
+    kept = {"synthetic": 50 - len(held["synthetic"]), "real": len(data.real_images)}
     for pipelines in (1, 2):
-        for kind, held in (("synthetic", held_synthetic), ("real", held_real)):
+        for kind in ("synthetic", "real"):
             drawn = set()
             for index in range(pipelines):
                 batches = getattr(data, f"{kind}_batches")(shape, 4, seed=3, shard=(pipelines, index))
                 for batch in batches.take(kept[kind] // (4 * pipelines)):
-                    drawn |= {np.asarray(image).tobytes() for image in batch}
-            assert not drawn & {np.asarray(image).tobytes() for image in held}, (kind, pipelines)
+                    drawn |= {image.tobytes() for image in denormalize(batch)}
+            assert not drawn & {image.tobytes() for image in held[kind]}, (kind, pipelines)
             assert len(drawn) == kept[kind] - kept[kind] % (4 * pipelines), (kind, pipelines)

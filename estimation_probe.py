@@ -1,0 +1,102 @@
+"""The estimation probe: are the refined images better training data? Measured while the refiner trains.
+
+Where the real images have labels (gaze: MPIIGaze's gaze; hand: NYU's joints), every
+--estimation_probe_step refiner steps the trainer refines a fixed held-out set of labelled synthetic
+images, trains a small estimator on them from scratch, briefly, with their synthetic labels, and
+writes its mean error on a held-out set of labelled real images as `probe/estimation_error` (degrees,
+pixels: the estimation task's unit). The same estimator trained once on the unrefined images is the
+mark (`probe/estimation_error_synthetic`). Every probe starts from the same seeded weights and sees
+the same batches in the same order, so two probes differ only in the refined images.
+
+It is the estimation task (`--task=estimation`) in miniature: TRAINING_STEPS steps of BATCH images,
+the paper's gaze estimator or a one-stack hourglass of HAND_FILTERS channels, no validation split.
+README, 'Keeping the best refiner', gives its cost and how well it ranks refiners against the full task.
+"""
+import types
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from config import DATA_SET_DEFAULTS
+from training_loop import minimize
+from utils import denormalize, normalize
+
+TRAINING_STEPS = 200  # of the estimator, from scratch, at every probe
+BATCH = 64
+HAND_FILTERS = 64     # the hand estimator's channels in the probe (the task's: 256), one hourglass
+EVALUATION_BATCH = 256
+
+
+class EstimationProbe:
+    """A data set's labelled held-out images (data.data_set.LabelledHoldOut) and the probe's summaries."""
+
+    def __init__(self, held_out, task, config, refine_batch, seed):
+        """task: the data set's EstimationTask (model.py); refine_batch: images refined at once."""
+        self.held_out, self.task, self.refine_batch, self.seed = held_out, task, refine_batch, seed
+        self.input_shape = tuple(held_out.synthetic.shape[1:])
+        self.label_shape = tuple(held_out.synthetic_labels.shape[1:])
+        # The task's estimator as --task=estimation builds it, the hand's smaller (cost: README).
+        self.config = types.SimpleNamespace(**{**vars(config), "estimator_filters": HAND_FILTERS,
+                                               "estimator_stacks": 1})
+        self.learning_rate = DATA_SET_DEFAULTS[config.data_set]["learning_rate"]
+        task.build(self.input_shape, self.label_shape, self.config)  # ValueError now if it cannot take the input
+        order = np.random.default_rng(seed)
+        count = len(held_out.synthetic)
+        self.batch = min(BATCH, count)
+        self.batches = [order.choice(count, self.batch, replace=False) for _ in range(TRAINING_STEPS)]
+        self.mark = None  # the error of the estimator trained on the unrefined images
+        self.last = {}
+
+    def write(self, refine, step):
+        """Refine the held-out synthetic images with refine(images), train and measure the estimator, and write
+        the error (and, the first time, the unrefined images' mark) at x = step; the values."""
+        values = {}
+        if self.mark is None:
+            self.mark = values["estimation_error_synthetic"] = self.error(self.held_out.synthetic)
+        synthetic = self.held_out.synthetic
+        refined = np.concatenate([denormalize(refine(normalize(np.float32(synthetic[start:start + self.refine_batch]))))
+                                  for start in range(0, len(synthetic), self.refine_batch)])
+        values["estimation_error"] = self.error(refined)
+        for name, value in values.items():
+            tf.summary.scalar(f"probe/{name}", value, step=step)
+        self.last = {**values, "estimation_error_synthetic": self.mark}
+        return values
+
+    def error(self, pixels):
+        """The mean error on the held-out real images of an estimator trained on uint8 images `pixels` (N, H, W, C)
+        with the held-out synthetic labels."""
+        estimator = self.task.build(self.input_shape, self.label_shape, self.config)
+        seed_weights(estimator, self.seed)
+        optimizer = keras.optimizers.Adam(self.learning_rate, epsilon=1e-8)
+        if keras.mixed_precision.global_policy().compute_dtype == "float16":
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        labels = np.float32(self.held_out.synthetic_labels)
+
+        @tf.function
+        def train_step(images, batch_labels):
+            with tf.GradientTape() as tape:
+                outputs = estimator(images, training=True)
+                loss = self.task.loss(outputs, batch_labels, self.input_shape, self.config, self.batch)
+            minimize(optimizer, tape, loss, estimator.trainable_variables)
+
+        for indices in self.batches:
+            train_step(normalize(np.float32(pixels[indices])), labels[indices])
+        real, real_labels = self.held_out.real, np.float32(self.held_out.real_labels)
+        errors = [self.task.errors(estimator(normalize(np.float32(real[start:start + EVALUATION_BATCH])),
+                                             training=False),
+                                   real_labels[start:start + EVALUATION_BATCH], self.input_shape)
+                  for start in range(0, len(real), EVALUATION_BATCH)]
+        return float(np.mean(np.concatenate([np.asarray(part, np.float64) for part in errors])))
+
+
+def seed_weights(model, seed):
+    """Draw model's random weights again from seed: the same model built twice starts the same, and drawing them
+    takes nothing from the random state that training uses."""
+    for index, layer in enumerate(model.layers):
+        for name in ("kernel", "bias", "depthwise_kernel"):
+            initializer, weight = getattr(layer, f"{name}_initializer", None), getattr(layer, name, None)
+            if initializer is None or weight is None or "seed" not in initializer.get_config():
+                continue  # constant initializers (zeros, ones) need no seed
+            seeded = type(initializer).from_config({**initializer.get_config(), "seed": seed + index})
+            weight.assign(seeded(weight.shape, weight.dtype))

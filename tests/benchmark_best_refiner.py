@@ -1,0 +1,114 @@
+"""One long run on the bundled gaze sample: the estimation probe against the full estimation task (a script;
+pytest does not collect it).
+
+    pip install matplotlib   # for the figure only; not in requirements.txt
+    python tests/benchmark_best_refiner.py [--segments=300,600,900,1200] [--out=/tmp/best_refiner] [FLAGS]
+
+Trains one run (the sample's schedule, longer) in segments: each segment resumes the run with a larger
+--max_step, and the refiner of each segment's end (its refiner.keras) is copied aside. Then the full
+estimation task (`--task=estimation --batch_size=128 --refiner_path=...`) trains on the unrefined images,
+on each copy and on the run's refiner_best.keras, and the script prints a table (refiner step, the probe's
+error, the full task's) and writes OUT/best_refiner.png: the estimation probe against refiner steps, the
+best step marked, the full task's errors beside it. Other flags go to every training segment.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from plot_sweep import read_run  # noqa: E402
+
+RUN = "long"
+
+
+def main_py(*flags):
+    """Run main.py with flags; stop the script if it fails."""
+    subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *flags], check=True, cwd=ROOT)
+
+
+def train(out, segments, extra):
+    """The run, segment by segment; {refiner step: the copy of its refiner.keras}."""
+    model_dir = os.path.join(out, "logs", f"generative_{RUN}")
+    copies = {}
+    for max_step in segments:
+        main_py(f"--log_dir={out}/logs", f"--sample_dir={out}/samples", f"--load_path={RUN}",
+                f"--max_step={max_step}", *extra)
+        scalars, _ = read_run(model_dir)
+        step = max(scalars["probe/realism_accuracy"][0])  # the refiner's step at the segment's end (a probe step)
+        copies[step] = os.path.join(out, f"refiner_{step}.keras")
+        shutil.copy(os.path.join(model_dir, "refiner.keras"), copies[step])
+    return model_dir, copies
+
+
+def full_task_error(out, name, refiner_path=None):
+    """The mean error of the full estimation task trained on refiner_path's images (the unrefined without one)."""
+    flags = [f"--log_dir={out}/estimation", f"--load_path={name}", "--task=estimation", "--batch_size=128"]
+    main_py(*flags, *([f"--refiner_path={refiner_path}"] if refiner_path else []))
+    with open(os.path.join(out, "estimation", f"estimation_{name}", "evaluation.json"), encoding="utf-8") as handle:
+        return json.load(handle)["mean_angular_error"]
+
+
+def draw(scalars, full, best_step, out):
+    """OUT/best_refiner.png: the probe's error and the full task's against refiner steps, the best step marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, errors = scalars["probe/estimation_error"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(steps, errors, "o-", label="estimation probe (small estimator, held-out images)")
+    left.axhline(scalars["probe/estimation_error_synthetic"][1][0], color="grey", ls="--",
+                 label="probe, trained on unrefined images")
+    full_steps = sorted(step for step in full if step is not None)
+    left.plot(full_steps, [full[step] for step in full_steps], "s-", label="full estimation task")
+    left.axhline(full[None], color="black", ls=":", label="full task, trained on unrefined images")
+    left.axvline(best_step, color="red", alpha=0.5, label=f"best refiner kept (step {best_step})")
+    left.set(xlabel="refiner step", ylabel="mean gaze error on real eyes (degrees)")
+    left.legend(fontsize=7)
+    for tag, label in (("probe/label_shift", "label shift (px)"), ("probe/realism_accuracy", "realism accuracy"),
+                       ("probe/statistics_distance", "statistics distance")):
+        if tag in scalars:
+            right.plot(*scalars[tag], label=label)
+    right.axvline(best_step, color="red", alpha=0.5)
+    right.set(xlabel="refiner step")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(os.path.join(out, "best_refiner.png"), dpi=100)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segments", default="300,600,900,1200", help="--max_step at each segment's end")
+    parser.add_argument("--out", default="/tmp/best_refiner")
+    args, extra = parser.parse_known_args()
+    segments = [int(value) for value in args.segments.split(",")]
+    model_dir, copies = train(args.out, segments, extra)
+    with open(os.path.join(model_dir, "refiner_best.json"), encoding="utf-8") as handle:
+        best_step = json.load(handle)["step"]
+    full = {None: full_task_error(args.out, "synthetic")}
+    for step, path in copies.items():
+        full[step] = full_task_error(args.out, f"step_{step}", path)
+    full_best = full_task_error(args.out, "best", os.path.join(model_dir, "refiner_best.keras"))
+    full.setdefault(best_step, full_best)
+    scalars, _ = read_run(model_dir)
+    probe = dict(zip(*scalars["probe/estimation_error"]))
+    print("refiner step  probe (deg)  full task (deg)")
+    print(f"{'unrefined':>12}  {scalars['probe/estimation_error_synthetic'][1][0]:>11.2f}  {full[None]:>15.2f}")
+    for step in sorted(step for step in full if step is not None):
+        mark = "  <- best" if step == best_step else ""
+        print(f"{step:>12}  {probe.get(step, np.nan):>11.2f}  {full[step]:>15.2f}{mark}")
+    print(f"best refiner (step {best_step}), full task: {full_best:.2f}")
+    draw(scalars, full, best_step, args.out)
+    print(f"wrote {os.path.join(args.out, 'best_refiner.png')}")
+
+
+if __name__ == "__main__":
+    main()

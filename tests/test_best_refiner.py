@@ -1,0 +1,162 @@
+"""The estimation probe and the best refiner: the probe ranks refiners, the best is kept, exported, resumed and
+loaded, and --refiner=latest still gives the last."""
+import json
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import estimation_probe
+from best_refiner import STATE_FILE, BestRefiner, read_best
+from test_end_to_end import assert_written_by, events_of, steps_of
+from checkpoints import CheckpointError, Checkpoints
+from conftest import folder_flags, main_in_process
+from data.gaze_sample import write_sample
+from data.data_set import LabelledHoldOut
+from estimation_probe import EstimationProbe
+from export import BEST_NAME, RefinerExporter, load_any_refiner
+from model import GAZE_ESTIMATION, build_refiner
+from utils import save_params
+
+SIDE = 19  # the gaze estimator's smallest input
+
+
+def pupils(count, seed, brightness):
+    """Grey (count, SIDE, SIDE, 1) uint8 eyes, a dark disc where the eye looks, and the gaze (count, 3) it means."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(4, SIDE - 5, (count, 2))
+    rows, cols = np.mgrid[:SIDE, :SIDE]
+    distance = np.hypot(cols[None] - centres[:, 0, None, None], rows[None] - centres[:, 1, None, None])
+    images = np.where(distance < 3, 40.0, brightness) + rng.normal(0, 8, (count, SIDE, SIDE))
+    gaze = np.concatenate([(centres - SIDE / 2) / SIDE, -np.ones((count, 1))], axis=1)
+    return np.clip(images, 0, 255).astype(np.uint8)[..., None], gaze.astype(np.float32)
+
+
+def scramble(images):
+    """A refiner that keeps each image's pixels and loses where they were."""
+    flat = tf.reshape(images, (tf.shape(images)[0], -1))
+    return tf.reshape(tf.transpose(tf.random.shuffle(tf.transpose(flat))), tf.shape(images))
+
+
+def test_the_estimation_probe_ranks_a_scrambling_refiner_below_the_identity(monkeypatch):
+    monkeypatch.setattr(estimation_probe, "TRAINING_STEPS", 50)
+    keras.mixed_precision.set_global_policy("float32")
+    synthetic, synthetic_gaze = pupils(256, seed=1, brightness=200)
+    real, real_gaze = pupils(128, seed=2, brightness=170)  # another domain: darker skin
+    config = types.SimpleNamespace(data_set="gaze")
+    probe = EstimationProbe(LabelledHoldOut(synthetic, synthetic_gaze, real, real_gaze), GAZE_ESTIMATION, config,
+                            refine_batch=64, seed=5)
+    with tf.summary.create_noop_writer().as_default():
+        identity = probe.write(lambda images: images, step=10)
+        scrambled = probe.write(scramble, step=20)
+    assert set(identity) == {"estimation_error", "estimation_error_synthetic"} and set(scrambled) == {"estimation_error"}
+    # The identity refines nothing: the same seeded weights and batches give the mark again.
+    assert identity["estimation_error"] == pytest.approx(identity["estimation_error_synthetic"], abs=1e-6)
+    assert identity["estimation_error"] < 4 and scrambled["estimation_error"] > 8
+    assert probe.last == {**scrambled, "estimation_error_synthetic": identity["estimation_error_synthetic"]}
+
+
+SHAPE = (12, 16, 1)
+
+
+def refiner_run(model_dir):
+    """A run folder with params.json and a refiner (its latest checkpoint); the refiner and its keeper."""
+    model_dir.mkdir()
+    save_params(types.SimpleNamespace(input_height=SHAPE[0], input_width=SHAPE[1], input_channel=1),
+                types.SimpleNamespace(model_dir=str(model_dir)))
+    refiner = build_refiner(SHAPE)
+    return refiner, Checkpoints({"refiner": refiner}, str(model_dir), max_to_keep=3)
+
+
+def perturb(refiner, seed):
+    """New weights: each refiner state of a test is told apart by its outputs."""
+    rng = np.random.default_rng(seed)
+    refiner.set_weights([weight + rng.normal(0, 0.05, weight.shape) for weight in refiner.get_weights()])
+
+
+def outputs(refine):
+    images = np.random.default_rng(0).uniform(-1, 1, (2, *SHAPE)).astype(np.float32)
+    return np.asarray(refine(images))
+
+
+def keeper(refiner, model_dir, criterion="estimation_error"):
+    return BestRefiner(RefinerExporter(refiner, str(model_dir), BEST_NAME), criterion, SHAPE, "degrees")
+
+
+def test_the_best_refiner_is_kept_exported_remembered_on_resume_and_loaded_with_refiner_best(tmp_path):
+    keras.mixed_precision.set_global_policy("float32")
+    model_dir = tmp_path / "generative_run"
+    refiner, checkpoints = refiner_run(model_dir)
+    best = keeper(refiner, model_dir)
+    assert best.consider(10, {"estimation_error": 5.0, "realism_accuracy": 0.9})
+    kept = outputs(lambda images: refiner(images, training=False))
+    perturb(refiner, 1)
+    assert not best.consider(20, {"estimation_error": 6.0})
+    assert not best.consider(25, {"realism_accuracy": 0.5})  # no estimation probe at this step: not a candidate
+    checkpoints.save(20)
+    # A resumed run: a new keeper reads the record and compares with it.
+    resumed = keeper(refiner, model_dir)
+    assert resumed.state["step"] == 10 and not resumed.consider(30, {"estimation_error": 5.5})
+    assert read_best(str(model_dir))["values"] == {"estimation_error": 5.0, "realism_accuracy": 0.9}
+    for which, expected, loaded in (("best", kept, BEST_NAME), ("latest", outputs(lambda i: refiner(i)), "ckpt-20")):
+        refine, what = load_any_refiner(str(model_dir), str(tmp_path), SHAPE, "load_path", which=which)
+        np.testing.assert_allclose(outputs(refine), expected, atol=1e-5)
+        assert loaded in what
+    _, what = load_any_refiner(str(model_dir), str(tmp_path), SHAPE, "load_path", which="best")
+    assert "(the best probe's: refiner step 10, estimation error 5.00 degrees)" in what
+    assert resumed.consider(40, {"estimation_error": 4.0}) and "refiner step 40" in resumed.report_line()
+    refine, _ = load_any_refiner(str(model_dir / f"{BEST_NAME}.keras"), str(tmp_path), SHAPE, "load_path")
+    np.testing.assert_allclose(outputs(refine), outputs(lambda images: refiner(images)), atol=1e-5)
+
+
+def test_without_labels_the_best_is_the_closest_statistics_while_the_label_shift_stays_small(tmp_path):
+    keras.mixed_precision.set_global_policy("float32")
+    refiner, _ = refiner_run(tmp_path / "run")
+    best = keeper(refiner, tmp_path / "run", "statistics_distance")
+    limit = best.label_shift_limit  # 2% of the 12x16 diagonal
+    assert limit == pytest.approx(0.4)
+    assert not best.consider(5, {"statistics_distance": 1.0, "label_shift": limit + 0.1})
+    assert "no probe's label shift was under 0.4 px" in best.report_line()
+    assert best.consider(10, {"statistics_distance": 2.0, "label_shift": limit})
+    assert not best.consider(15, {"statistics_distance": 1.0, "label_shift": 2 * limit})
+    assert best.consider(20, {"statistics_distance": 1.5})  # folders: no proxy of a label to watch
+    # A run resumed with the estimation probe on compares estimation errors, not distances.
+    assert keeper(refiner, tmp_path / "run").state is None
+    assert json.loads((tmp_path / "run" / STATE_FILE).read_text())["step"] == 20
+
+
+def test_refiner_best_of_a_run_that_kept_none_is_one_clear_error(tmp_path):
+    refiner, checkpoints = refiner_run(tmp_path / "run")
+    checkpoints.save(3)
+    with pytest.raises(CheckpointError, match="--refiner=best: .* kept no best refiner .* --refiner=latest"):
+        load_any_refiner(str(tmp_path / "run"), str(tmp_path), SHAPE, "load_path", which="best")
+
+
+def test_a_run_keeps_the_refiner_of_its_best_estimation_probe_across_a_resume_and_refines_with_it(tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.setattr(estimation_probe, "TRAINING_STEPS", 10)
+    write_sample(tmp_path / "data" / "gaze", num_synthetic=126, num_real=126, seed=3, workers=1)
+    folders = folder_flags(tmp_path / "data", tmp_path)
+    flags = [*folders, "--load_path=run", "--initial_K_g=4", "--initial_K_d=2", "--batch_size=4", "--buffer_size=16",
+             "--log_step=2", "--sample_image_grid=2,2", "--eval_step=4", "--estimation_probe_step=4"]
+    first = main_in_process(*flags, "--max_step=2")  # refiner steps 1..8: probes at 4 and 8
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Estimation probe every 4 refiner steps: an estimator trained on 20 held-out synthetic" in first.stdout
+    assert "[*] Best refiner: refiner step" in first.stdout and "--refiner=best" in first.stdout
+    resumed = main_in_process(*flags, "--max_step=6")  # probes at 12 and 16
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    model_dir = tmp_path / "logs" / "generative_run"
+    events = events_of(model_dir)
+    assert steps_of(events, "probe/estimation_error") == [4, 8, 12, 16]
+    errors = {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors("probe/estimation_error")}
+    best = read_best(str(model_dir))
+    assert best["criterion"] == "estimation_error" and best["score"] == pytest.approx(min(errors.values()))
+    assert best["step"] == min(errors, key=errors.get)
+    refined = main_in_process(*folders, "--is_train=False", "--load_path=run", "--refiner=best", "--batch_size=50")
+    assert refined.returncode == 0, refined.stderr[-3000:]
+    assert f"refiner_best.keras (the best probe's: refiner step {best['step']}" in refined.stdout
+    crops = sorted((tmp_path / "data" / "gaze" / "UnityEyes").glob("*_cropped.png"))[:3]
+    written = [tmp_path / "outputs" / "generative_run" / crop.name.replace("_cropped", "_refined") for crop in crops]
+    assert_written_by(keras.models.load_model(model_dir / f"{BEST_NAME}.keras"), crops, written)
