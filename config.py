@@ -28,21 +28,23 @@ ESTIMATION_PROBE_IMAGES = (1024, 512)
 DATA_SET_DEFAULTS = {
     "gaze": {"input_height": 35, "input_width": 55, "input_channel": 1, "initial_K_g": 1000, "batch_size": 512,
              "buffer_size": 25600, "learning_rate": 0.001, "synthetic_image_dir": "UnityEyes",
-             "real_image_dir": "MPIIGaze", "self_regularization": "identity"},
+             "real_image_dir": "MPIIGaze", "self_regularization": "identity", "estimation_probe_step": 500},
     # 224x224 images: batch 32 (the refiner steps through it an image at a time, trainer.MICRO_BATCH_PIXELS),
     # the buffer at 640 MB.
     # Learning rate 1e-4: at 1e-3 Adam's first step saturates the tanh of the 10-block 7x7 refiner for good.
     "hand": {"input_height": 224, "input_width": 224, "input_channel": 1, "initial_K_g": 500, "batch_size": 32,
-             "buffer_size": 3200, "learning_rate": 1e-4, "self_regularization": "identity"},
+             "buffer_size": 3200, "learning_rate": 1e-4, "self_regularization": "identity",
+             # Off: a probe's 200 steps do not teach the hourglass anything (84 px on the sample; README).
+             "estimation_probe_step": 0},
     # Any two folders: the input follows the images and the networks and schedule follow the input
     # (resolve_folder_flags, once the folders are read). colour_cast: measured in README, 'Your own data'.
-    "folders": {"self_regularization": "colour_cast"},
+    "folders": {"self_regularization": "colour_cast", "estimation_probe_step": 0},  # no labels
 }
 # `python main.py` on the bundled gaze sample (only there): a first run that shows a result in about 15 minutes
 # on 2 cores in fp32 (README, 'Results on the bundled sample'), probed often enough to see the realism probe
 # fall. Flags given on the command line win; --sample_schedule=False gives the original's defaults.
 SAMPLE_SCHEDULE = {"batch_size": 32, "buffer_size": 3200, "initial_K_g": 100, "initial_K_d": 50, "max_step": 150,
-                   "log_step": 10, "eval_step": 50, "estimation_probe_step": 200}
+                   "log_step": 10, "eval_step": 50}  # 400 refiner steps: no estimation probe (every 500)
 # --data_set=folders: inputs whose shorter side is under this get the eye networks, others the hand's. Their
 # refiners see 19 and 127 pixels around a pixel: at 35 and 224 rows, about 55% of the shorter side each; this
 # is the side where both are equally far (by ratio) from that share.
@@ -158,10 +160,10 @@ def _build_parser():
     misc.add_argument("--log_step", type=int, default=20, help="steps between summaries and sample grids")
     misc.add_argument("--eval_step", type=int, default=500,
                       help="refiner steps between the probes of refinement (probe/ in TensorBoard); 0: none")
-    misc.add_argument("--estimation_probe_step", type=int, default=500,
+    misc.add_argument("--estimation_probe_step", type=int,
                       help="refiner steps between estimation probes: a small estimator trained on refined held-out "
-                           "images, its error on labelled real ones (gaze, hand; about 1%% of training time at the "
-                           "defaults); it chooses the best refiner; 0: none")
+                           "images, its error on labelled real ones; it chooses the best refiner (gaze 500, about 1%% "
+                           "of training time; hand 0: none, its probe learns nothing in that time)")
     misc.add_argument("--refiner", default="latest", choices=["latest", "best"],
                       help="test mode and --refiner_path: the run's latest refiner (the original's) or the one its "
                            "probes found best (refiner_best.keras; README, 'Keeping the best refiner')")

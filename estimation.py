@@ -211,11 +211,12 @@ class EstimatorTrainer:
         errors = self.errors(batches)
         within = share_within(errors, self.task.max_within).numpy()
         name, unit = self.task.error_name, self.task.unit
-        refiner_path = load_params(self.paths.model_dir).get("refiner_path", "")
+        params = load_params(self.paths.model_dir)
+        refiner_path = params.get("refiner_path", "")
         results = {
             "model": self.paths.model_name, "checkpoint": checkpoint, "data_set": self.config.data_set,
             "trained_on": _kind(bool(self.trained_on_refined.numpy())), "refiner_path": refiner_path,
-            "epoch": epoch, "step": step,
+            "refiner": params.get("refiner", "latest") if refiner_path else "", "epoch": epoch, "step": step,
             **({f"validation_{name}": validation_error} if validation_error is not None else {}),
             "real_images": count, **self.sets.facts,
             f"mean_{name}": float(np.mean(errors)), f"median_{name}": float(np.median(errors)),

@@ -23,7 +23,7 @@ from training_loop import minimize
 from utils import denormalize, normalize
 
 TRAINING_STEPS = 200  # of the estimator, from scratch, at every probe
-BATCH = 64
+BATCH = {"gaze": 64, "hand": 16}  # images a step: the hand's 224x224 crops hold 26 times a gaze crop's pixels
 HAND_FILTERS = 64     # the hand estimator's channels in the probe (the task's: 256), one hourglass
 EVALUATION_BATCH = 256
 
@@ -43,7 +43,7 @@ class EstimationProbe:
         task.build(self.input_shape, self.label_shape, self.config)  # ValueError now if it cannot take the input
         order = np.random.default_rng(seed)
         count = len(held_out.synthetic)
-        self.batch = min(BATCH, count)
+        self.batch = min(BATCH[config.data_set], count)
         self.batches = [order.choice(count, self.batch, replace=False) for _ in range(TRAINING_STEPS)]
         self.mark = None  # the error of the estimator trained on the unrefined images
         self.last = {}

@@ -314,3 +314,4 @@ def test_the_estimator_trains_on_images_refined_by_the_refiner_path(sample):
     assert all(np.all(tile == expected) for tile in tiles)
     results = json.loads((root / "logs" / "estimation_refined" / "evaluation.json").read_text())
     assert results["trained_on"] == "refined" and results["refiner_path"] == "constant"
+    assert results["refiner"] == "latest"  # the default: the run's last refiner, as the original had only that one
