@@ -2,7 +2,8 @@
 pytest does not collect it).
 
     pip install matplotlib   # for the figure only; not in requirements.txt
-    python tests/benchmark_best_refiner.py [--segments=300,600,900,1200] [--out=/tmp/best_refiner] [FLAGS]
+    python tests/benchmark_best_refiner.py [--segments=250,550,850,1150] [--out=/tmp/best_refiner] [FLAGS]
+    python tests/benchmark_best_refiner.py --probe_seeds=3 [--out=/tmp/best_refiner]   # afterwards
 
 Trains one run (the sample's schedule, longer) in segments: each segment resumes the run with a larger
 --max_step, and the refiner of each segment's end (its refiner.keras) is copied aside. Then the full
@@ -10,6 +11,10 @@ estimation task (`--task=estimation --batch_size=128 --refiner_path=...`) trains
 on each copy and on the run's refiner_best.keras, and the script prints a table (refiner step, the probe's
 error, the full task's) and writes OUT/best_refiner.png: the estimation probe against refiner steps, the
 best step marked, the full task's errors beside it. Other flags go to every training segment.
+
+With --probe_seeds=K it trains nothing: it measures the noise of one estimator of the probe, on the same
+run's held-out images (drawn again as the trainer draws them) with K seeds (initial weights and batch
+order), on the unrefined images and on each copy; the probe's error is the mean of SEEDS of them.
 """
 import argparse
 import json
@@ -40,12 +45,49 @@ def train(out, segments, extra):
     copies = {}
     for max_step in segments:
         main_py(f"--log_dir={out}/logs", f"--sample_dir={out}/samples", f"--load_path={RUN}",
-                f"--max_step={max_step}", *extra)
+                f"--max_step={max_step}", "--estimation_probe_step=200", *extra)
         scalars, _ = read_run(model_dir)
         step = max(scalars["probe/realism_accuracy"][0])  # the refiner's step at the segment's end (a probe step)
         copies[step] = os.path.join(out, f"refiner_{step}.keras")
         shutil.copy(os.path.join(model_dir, "refiner.keras"), copies[step])
     return model_dir, copies
+
+
+def probe_seed_errors(out, seeds):
+    """{refiner step (None: unrefined): [the estimation probe's error with each seed]}, on the run's held-out
+    images, for each copy of OUT."""
+    import glob
+    import re
+
+    import tensorflow as tf
+
+    from config import estimation_probe_images, get_config, image_shape, probe_images
+    from data.gaze_data import load_gaze_data
+    from distribution import configure_precision
+    from estimation_probe import EstimationProbe
+    from export import load_any_refiner
+    from model import GAZE_ESTIMATION
+    from utils import denormalize, normalize
+
+    configure_precision("auto")
+    config = get_config(["--estimation_probe_step=200", "--max_step=1000000"])
+    data, shape = load_gaze_data(config), image_shape(config)
+    count = probe_images(config, data.num_synthetic, len(data.real_images))
+    data.hold_out(count, shape, config.random_seed)  # as the trainer does, so the next draw is the run's
+    counts = estimation_probe_images(config, data.num_synthetic, len(data.real_images))
+    labelled = data.hold_out_labelled(*counts, shape, config.random_seed + 2)
+    images = {None: labelled.synthetic}
+    for path in glob.glob(os.path.join(out, "refiner_*.keras")):
+        refine, _ = load_any_refiner(path, None, shape, "refiner_path")
+        images[int(re.findall(r"\d+", os.path.basename(path))[0])] = denormalize(
+            tf.concat([refine(normalize(tf.cast(labelled.synthetic[start:start + 128], tf.float32)))
+                       for start in range(0, len(labelled.synthetic), 128)], axis=0))
+    errors = {step: [] for step in images}
+    for seed in seeds:  # one estimator of each seed's probe: no two share weights or batch order
+        probe = EstimationProbe(labelled, GAZE_ESTIMATION, config, 128, seed)
+        for step, pixels in images.items():
+            errors[step].append(probe.estimator_error(pixels, 0))
+    return errors
 
 
 def full_task_error(out, name, refiner_path=None):
@@ -86,9 +128,18 @@ def draw(scalars, full, best_step, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--segments", default="300,600,900,1200", help="--max_step at each segment's end")
+    parser.add_argument("--segments", default="250,550,850,1150", help="--max_step at each segment's end")
     parser.add_argument("--out", default="/tmp/best_refiner")
+    parser.add_argument("--probe_seeds", type=int, default=0, help="measure the probe's noise with this many seeds")
     args, extra = parser.parse_known_args()
+    if args.probe_seeds:
+        errors = probe_seed_errors(args.out, range(1, args.probe_seeds + 1))
+        print("refiner step  probe error with each seed (deg)  mean  spread (max - min)")
+        for step in sorted(errors, key=lambda step: -1 if step is None else step):
+            values = errors[step]
+            print(f"{'unrefined' if step is None else step:>12}  {'  '.join(f'{v:5.2f}' for v in values):>30}  "
+                  f"{np.mean(values):5.2f}  {max(values) - min(values):5.2f}")
+        return
     segments = [int(value) for value in args.segments.split(",")]
     model_dir, copies = train(args.out, segments, extra)
     with open(os.path.join(model_dir, "refiner_best.json"), encoding="utf-8") as handle:
