@@ -64,7 +64,7 @@ class BestRefiner:
     def consider(self, step, values):
         """Keep the refiner if its probe values (of refiner step `step`) are the best so far; True if kept."""
         score = values.get(self.criterion)
-        if score is None or (self.criterion == "statistics_distance"
+        if score is None or not math.isfinite(score) or (self.criterion == "statistics_distance"
                              and values.get("label_shift", 0.0) > self.label_shift_limit):
             return False
         if self.state is not None and score >= self.state["score"]:
