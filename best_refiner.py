@@ -43,7 +43,8 @@ def describe_best(model_dir):
     state = read_best(model_dir)
     if state is None:
         return "no record of its probe"
-    return f"refiner step {state['step']}, {state['criterion'].replace('_', ' ')} {state['score']:.2f} {state.get('unit', '')}".rstrip()
+    criterion = state["criterion"].replace("_", " ")
+    return f"refiner step {state['step']}, {criterion} {state['score']:.2f} {state.get('unit', '')}".rstrip()
 
 
 class BestRefiner:

@@ -161,9 +161,9 @@ def _build_parser():
     misc.add_argument("--eval_step", type=int, default=500,
                       help="refiner steps between the probes of refinement (probe/ in TensorBoard); 0: none")
     misc.add_argument("--estimation_probe_step", type=int,
-                      help="refiner steps between estimation probes: a small estimator trained on refined held-out "
-                           "images, its error on labelled real ones; it chooses the best refiner (gaze 500, about 1%% "
-                           "of training time; hand 0: none, its probe learns nothing in that time)")
+                      help="refiner steps between estimation probes: small estimators trained on refined held-out "
+                           "images, their error on labelled real ones; they choose the best refiner (gaze 500, about "
+                           "3%% of training time; hand 0: none, its probe learns nothing in that time)")
     misc.add_argument("--refiner", default="latest", choices=["latest", "best"],
                       help="test mode and --refiner_path: the run's latest refiner (the original's) or the one its "
                            "probes found best (refiner_best.keras; README, 'Keeping the best refiner')")

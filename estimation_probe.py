@@ -24,8 +24,8 @@ from utils import denormalize, normalize
 
 TRAINING_STEPS = 200  # of each estimator, from scratch, at every probe
 # Estimators a probe trains, each from its own seeded weights and batch order; its error is their mean. One alone
-# varied by up to 1.1 degrees with the seed on a refined set and ranked four refiners unlike the full task; the mean
-# of three ranked them as it did (README, 'Keeping the best refiner').
+# moved by up to 1.6 degrees with its seed and kept the worst of four refiners of a long run; the mean of three
+# ranked them in the full estimation task's two groups (README, 'Keeping the best refiner').
 SEEDS = 3
 BATCH = {"gaze": 64, "hand": 16}  # images a step: the hand's 224x224 crops hold 26 times a gaze crop's pixels
 HAND_FILTERS = 64     # the hand estimator's channels in the probe (the task's: 256), one hourglass

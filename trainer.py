@@ -347,9 +347,9 @@ class Trainer:
         except ValueError as error:
             tqdm.write(f"[!] No estimation probe: {error}")
             return None
-        tqdm.write(f"[*] Estimation probe every {self.config.estimation_probe_step} refiner steps: an estimator trained "
-                   f"on {len(labelled.synthetic)} held-out synthetic images, refined, measured on {len(labelled.real)} "
-                   f"held-out real ones (probe/estimation_error)")
+        tqdm.write(f"[*] Estimation probe every {self.config.estimation_probe_step} refiner steps: small estimators "
+                   f"trained on {len(labelled.synthetic)} held-out synthetic images, refined, measured on "
+                   f"{len(labelled.real)} held-out real ones (probe/estimation_error)")
         return probe
 
     def _write_samples(self, refiner_step):

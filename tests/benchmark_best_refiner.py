@@ -8,13 +8,15 @@ pytest does not collect it).
 Trains one run (the sample's schedule, longer) in segments: each segment resumes the run with a larger
 --max_step, and the refiner of each segment's end (its refiner.keras) is copied aside. Then the full
 estimation task (`--task=estimation --batch_size=128 --refiner_path=...`) trains on the unrefined images,
-on each copy and on the run's refiner_best.keras, and the script prints a table (refiner step, the probe's
-error, the full task's) and writes OUT/best_refiner.png: the estimation probe against refiner steps, the
-best step marked, the full task's errors beside it. Other flags go to every training segment.
+on each copy and on the run's refiner_best.keras (unless it is one of them), and the script prints a table
+(refiner step, the probe's error, the full task's) and writes OUT/best_refiner.png: the estimation probe
+against refiner steps, the best step marked, the full task's errors beside it. Other flags go to every
+training segment.
 
 With --probe_seeds=K it trains nothing: it measures the noise of one estimator of the probe, on the same
 run's held-out images (drawn again as the trainer draws them) with K seeds (initial weights and batch
-order), on the unrefined images and on each copy; the probe's error is the mean of SEEDS of them.
+order), on the unrefined images and on each copy (the probe's error is the mean of SEEDS of them), and
+adds them to the table and the figure.
 """
 import argparse
 import json
@@ -98,7 +100,7 @@ def full_task_error(out, name, refiner_path=None):
         return json.load(handle)["mean_angular_error"]
 
 
-def draw(scalars, full, best_step, out):
+def draw(scalars, full, seed_means, best_step, out):
     """OUT/best_refiner.png: the probe's error and the full task's against refiner steps, the best step marked."""
     import matplotlib
     matplotlib.use("Agg")
@@ -106,9 +108,13 @@ def draw(scalars, full, best_step, out):
 
     steps, errors = scalars["probe/estimation_error"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(steps, errors, "o-", label="estimation probe (small estimator, held-out images)")
+    left.plot(steps, errors, "o-", label="estimation probe, as the run wrote it (one estimator)")
     left.axhline(scalars["probe/estimation_error_synthetic"][1][0], color="grey", ls="--",
                  label="probe, trained on unrefined images")
+    if seed_means:
+        seed_steps = sorted(step for step in seed_means if step is not None)
+        left.plot(seed_steps, [seed_means[step] for step in seed_steps], "^", color="green", ms=8,
+                  label="mean of three estimators of other seeds (--probe_seeds=3)")
     full_steps = sorted(step for step in full if step is not None)
     left.plot(full_steps, [full[step] for step in full_steps], "s-", label="full estimation task")
     left.axhline(full[None], color="black", ls=":", label="full task, trained on unrefined images")
@@ -126,6 +132,41 @@ def draw(scalars, full, best_step, out):
     figure.savefig(os.path.join(out, "best_refiner.png"), dpi=100)
 
 
+def keyed(values):
+    """JSON's string keys back to refiner steps (None: unrefined)."""
+    return {None if key == "unrefined" else int(key): value for key, value in values.items()}
+
+
+def unkeyed(values):
+    return {"unrefined" if key is None else str(key): value for key, value in values.items()}
+
+
+def report(out):
+    """The table (and the figure) of what the stages measured: the run's probes, the full task, the seeds."""
+    model_dir = os.path.join(out, "logs", f"generative_{RUN}")
+    with open(os.path.join(model_dir, "refiner_best.json"), encoding="utf-8") as handle:
+        best_step = json.load(handle)["step"]
+    with open(os.path.join(out, "full_task.json"), encoding="utf-8") as handle:
+        full = keyed(json.load(handle))
+    seeds_path = os.path.join(out, "probe_seeds.json")
+    seeds = {}
+    if os.path.exists(seeds_path):
+        with open(seeds_path, encoding="utf-8") as handle:
+            seeds = keyed(json.load(handle))
+    seed_means = {step: float(np.mean(values)) for step, values in seeds.items()}
+    scalars, _ = read_run(model_dir)
+    probe = {**dict(zip(*scalars["probe/estimation_error"])), None: scalars["probe/estimation_error_synthetic"][1][0]}
+    print("refiner step  probe as run (deg)  full task (deg)  one estimator, each seed (deg)  their mean")
+    for step in sorted(full, key=lambda step: -1 if step is None else step):
+        each = "  ".join(f"{value:5.2f}" for value in seeds.get(step, []))
+        mean = f"{seed_means[step]:10.2f}" if step in seed_means else ""
+        mark = "  <- best" if step == best_step else ""
+        print(f"{'unrefined' if step is None else step:>12}  {probe.get(step, np.nan):>17.2f}  {full[step]:>15.2f}  "
+              f"{each:>30}  {mean}{mark}")
+    draw(scalars, full, seed_means, best_step, out)
+    print(f"wrote {os.path.join(out, 'best_refiner.png')}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", default="250,550,850,1150", help="--max_step at each segment's end")
@@ -134,31 +175,20 @@ def main():
     args, extra = parser.parse_known_args()
     if args.probe_seeds:
         errors = probe_seed_errors(args.out, range(1, args.probe_seeds + 1))
-        print("refiner step  probe error with each seed (deg)  mean  spread (max - min)")
-        for step in sorted(errors, key=lambda step: -1 if step is None else step):
-            values = errors[step]
-            print(f"{'unrefined' if step is None else step:>12}  {'  '.join(f'{v:5.2f}' for v in values):>30}  "
-                  f"{np.mean(values):5.2f}  {max(values) - min(values):5.2f}")
-        return
-    segments = [int(value) for value in args.segments.split(",")]
-    model_dir, copies = train(args.out, segments, extra)
-    with open(os.path.join(model_dir, "refiner_best.json"), encoding="utf-8") as handle:
-        best_step = json.load(handle)["step"]
-    full = {None: full_task_error(args.out, "synthetic")}
-    for step, path in copies.items():
-        full[step] = full_task_error(args.out, f"step_{step}", path)
-    full_best = full_task_error(args.out, "best", os.path.join(model_dir, "refiner_best.keras"))
-    full.setdefault(best_step, full_best)
-    scalars, _ = read_run(model_dir)
-    probe = dict(zip(*scalars["probe/estimation_error"]))
-    print("refiner step  probe (deg)  full task (deg)")
-    print(f"{'unrefined':>12}  {scalars['probe/estimation_error_synthetic'][1][0]:>11.2f}  {full[None]:>15.2f}")
-    for step in sorted(step for step in full if step is not None):
-        mark = "  <- best" if step == best_step else ""
-        print(f"{step:>12}  {probe.get(step, np.nan):>11.2f}  {full[step]:>15.2f}{mark}")
-    print(f"best refiner (step {best_step}), full task: {full_best:.2f}")
-    draw(scalars, full, best_step, args.out)
-    print(f"wrote {os.path.join(args.out, 'best_refiner.png')}")
+        with open(os.path.join(args.out, "probe_seeds.json"), "w", encoding="utf-8") as handle:
+            json.dump(unkeyed(errors), handle, indent=2)
+    else:
+        model_dir, copies = train(args.out, [int(value) for value in args.segments.split(",")], extra)
+        full = {None: full_task_error(args.out, "synthetic")}
+        for step, path in copies.items():
+            full[step] = full_task_error(args.out, f"step_{step}", path)
+        with open(os.path.join(model_dir, "refiner_best.json"), encoding="utf-8") as handle:
+            best_step = json.load(handle)["step"]
+        if best_step not in full:
+            full[best_step] = full_task_error(args.out, "best", os.path.join(model_dir, "refiner_best.keras"))
+        with open(os.path.join(args.out, "full_task.json"), "w", encoding="utf-8") as handle:
+            json.dump(unkeyed(full), handle, indent=2)
+    report(args.out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=4, help="adversarial iterations a round")
     parser.add_argument("--eval_step", type=int, default=500, help="refiner steps between probes")
-    parser.add_argument("--estimation_probe_step", type=int, default=500, help="refiner steps between estimation probes")
+    parser.add_argument("--estimation_probe_step", type=int, default=500,
+                        help="refiner steps between estimation probes")
     parser.add_argument("--frames", type=int, default=6500,
                         help="synthetic and real sample images to write (6500: the estimation probe holds out its "
                              "1024 and 512, as at the published sizes)")

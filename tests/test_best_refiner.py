@@ -10,10 +10,7 @@ import tensorflow as tf
 
 import estimation_probe
 from best_refiner import STATE_FILE, BestRefiner, read_best
-from test_end_to_end import assert_written_by, events_of, steps_of
 from checkpoints import CheckpointError, Checkpoints
-from conftest import folder_flags, main_in_process
-from data.gaze_sample import write_sample
 from data.data_set import LabelledHoldOut
 from estimation_probe import EstimationProbe
 from export import BEST_NAME, RefinerExporter, load_any_refiner
@@ -151,29 +148,3 @@ def test_refiner_best_of_a_run_that_kept_none_is_one_clear_error(tmp_path):
     checkpoints.save(3)
     with pytest.raises(CheckpointError, match="--refiner=best: .* kept no best refiner .* --refiner=latest"):
         load_any_refiner(str(tmp_path / "run"), str(tmp_path), SHAPE, "load_path", which="best")
-
-
-def test_a_run_keeps_the_refiner_of_its_best_estimation_probe_and_refines_with_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(estimation_probe, "TRAINING_STEPS", 10)
-    monkeypatch.setattr(estimation_probe, "SEEDS", 1)
-    write_sample(tmp_path / "data" / "gaze", num_synthetic=126, num_real=126, seed=3, workers=1)
-    folders = folder_flags(tmp_path / "data", tmp_path)
-    flags = [*folders, "--load_path=run", "--initial_K_g=4", "--initial_K_d=2", "--batch_size=4", "--buffer_size=16",
-             "--log_step=2", "--sample_image_grid=2,2", "--eval_step=8", "--estimation_probe_step=8"]
-    trained = main_in_process(*flags, "--max_step=6")  # refiner steps 1..16: probes at 8 and 16
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert "Estimation probe every 8 refiner steps: an estimator trained on 20 held-out synthetic" in trained.stdout
-    assert "[*] Best refiner: refiner step" in trained.stdout and "--refiner=best" in trained.stdout
-    model_dir = tmp_path / "logs" / "generative_run"
-    events = events_of(model_dir)
-    assert steps_of(events, "probe/estimation_error") == [8, 16]
-    errors = {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors("probe/estimation_error")}
-    best = read_best(str(model_dir))
-    assert best["criterion"] == "estimation_error" and best["score"] == pytest.approx(min(errors.values()))
-    assert best["step"] == min(errors, key=errors.get)
-    refined = main_in_process(*folders, "--is_train=False", "--load_path=run", "--refiner=best", "--batch_size=50")
-    assert refined.returncode == 0, refined.stderr[-3000:]
-    assert f"refiner_best.keras (the best probe's: refiner step {best['step']}" in refined.stdout
-    crops = sorted((tmp_path / "data" / "gaze" / "UnityEyes").glob("*_cropped.png"))[:3]
-    written = [tmp_path / "outputs" / "generative_run" / crop.name.replace("_cropped", "_refined") for crop in crops]
-    assert_written_by(keras.models.load_model(model_dir / f"{BEST_NAME}.keras"), crops, written)

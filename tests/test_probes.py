@@ -1,15 +1,19 @@
 """The probes' numbers on cases whose answers are known."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+import estimation_probe
+from best_refiner import read_best
 from conftest import folder_flags, main_in_process
 from data.gaze_labels import pupil_positions
 from data.gaze_sample import write_sample
 from data.hand_data import BACKGROUND, HandData
 from probes import grey_level_change, image_statistics, label_shift, realism_accuracy, statistics_distance
+from test_end_to_end import assert_written_by
 from utils import denormalize
 
 
@@ -133,27 +137,33 @@ def scalars(events, tag):
 
 @pytest.fixture(scope="module")
 def sample_folders(tmp_path_factory):
-    """A sample large enough for probes: 20 of each kind held out (a fifth of 100)."""
+    """A sample large enough for both probes: 25 of each kind held out (a fifth of 126), then 20 (of 101)."""
     root = tmp_path_factory.mktemp("probes")
-    write_sample(root / "data" / "gaze", num_synthetic=100, num_real=100, seed=3, workers=1)
+    write_sample(root / "data" / "gaze", num_synthetic=126, num_real=126, seed=3, workers=1)
     return root, folder_flags(root / "data", root)
 
 
 @pytest.fixture(scope="module")
 def probed(sample_folders):
-    """Refiner steps 1..4 warm-up, 5..7 adversarial, probes at 2, 4 and 6; then resumed to step 9 (a probe at 8)."""
+    """Refiner steps 1..4 warm-up, 5..7 adversarial, probes at 2, 4 and 6, an estimation probe at 4; then resumed
+    to step 9 (a probe and an estimation probe at 8). The estimation probe is cut to one estimator of 10 steps:
+    what is tested here is where it runs and what it keeps."""
     root, folders = sample_folders
-    first = main_in_process(*folders, *SCHEDULE, "--eval_step=2", "--max_step=3", "--load_path=probed")
-    assert first.returncode == 0, first.stderr[-3000:]
-    after_first = events_of(root / "logs" / "generative_probed")
-    resumed = main_in_process(*folders, *SCHEDULE, "--eval_step=2", "--max_step=5", "--load_path=probed")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return first, after_first, events_of(root / "logs" / "generative_probed")
+    flags = [*folders, *SCHEDULE, "--eval_step=2", "--estimation_probe_step=4", "--load_path=probed"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(estimation_probe, "TRAINING_STEPS", 10)
+        patch.setattr(estimation_probe, "SEEDS", 1)
+        first = main_in_process(*flags, "--max_step=3")
+        assert first.returncode == 0, first.stderr[-3000:]
+        after_first = events_of(root / "logs" / "generative_probed")
+        resumed = main_in_process(*flags, "--max_step=5")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return first, after_first, events_of(root / "logs" / "generative_probed"), resumed
 
 
 def test_every_probe_is_written_at_every_eval_step_of_the_refiner(probed):
-    first, events, _ = probed
-    assert "[*] Probes every 2 refiner steps, on 20 synthetic and 20 real images held out" in first.stdout
+    first, events, _, _ = probed
+    assert "[*] Probes every 2 refiner steps, on 25 synthetic and 25 real images held out" in first.stdout
     for name in ("realism_accuracy", "statistics_distance", "brightness_distance", "contrast_distance",
                  "high_frequency_distance", "grey_level_change", "label_shift"):
         values = scalars(events, f"probe/{name}")
@@ -165,14 +175,35 @@ def test_every_probe_is_written_at_every_eval_step_of_the_refiner(probed):
 
 
 def test_a_resumed_run_continues_the_probes_on_the_same_images(probed):
-    _, _, events = probed
+    _, _, events, _ = probed
     assert [step for step, _ in scalars(events, "probe/realism_accuracy")] == [2, 4, 6, 8]
     first, again = scalars(events, "probe/realism_accuracy_synthetic")  # each launch's first probe: its baseline
     assert again[0] == 8 and again[1] == first[1]  # the same held-out images, the same classifier's folds
 
 
+def test_the_refiner_of_the_best_estimation_probe_is_kept_across_a_resume_and_refines_with_refiner_best(probed,
+                                                                                                       sample_folders):
+    first, _, events, resumed = probed
+    root, folders = sample_folders
+    assert "[*] Estimation probe every 4 refiner steps: small estimators trained on 20 held-out synthetic images, " \
+           "refined, measured on 20 held-out real ones" in first.stdout
+    assert "[*] Best refiner: refiner step 4, estimation error" in first.stdout and "--refiner=best" in first.stdout
+    errors = dict(scalars(events, "probe/estimation_error"))
+    assert list(errors) == [4, 8] and len(scalars(events, "probe/estimation_error_synthetic")) == 2  # each launch
+    model_dir = root / "logs" / "generative_probed"
+    best = read_best(str(model_dir))  # the resumed run compared its probe with the first run's best
+    assert best["criterion"] == "estimation_error" and best["score"] == pytest.approx(min(errors.values()))
+    assert best["step"] == min(errors, key=errors.get) and f"refiner step {best['step']}" in resumed.stdout
+    refined = main_in_process(*folders, "--is_train=False", "--load_path=probed", "--refiner=best", "--batch_size=64")
+    assert refined.returncode == 0, refined.stderr[-3000:]
+    assert f"refiner_best.keras (the best probe's: refiner step {best['step']}" in refined.stdout
+    crops = sorted((root / "data" / "gaze" / "UnityEyes").glob("*_cropped.png"))[:3]
+    written = [root / "outputs" / "generative_probed" / crop.name.replace("_cropped", "_refined") for crop in crops]
+    assert_written_by(keras.models.load_model(model_dir / "refiner_best.keras"), crops, written)
+
+
 def test_the_run_writes_its_hparams_and_the_probes_as_their_metrics(probed):
-    _, _, events = probed
+    _, _, events, _ = probed
     tags = set(events.Tags()["tensors"])
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= tags
     plugin = events.SummaryMetadata("_hparams_/session_start_info").plugin_data
@@ -235,7 +266,8 @@ def test_the_held_out_images_never_reach_a_training_stream(load, tmp_path):
     held = dict(zip(("synthetic", "real"), (denormalize(images) for images in data.hold_out(10, shape, seed=7))))
     labelled = data.hold_out_labelled(5, 5, shape, seed=8)  # the estimation probe's, where there are labels
     if labelled is not None:
-        assert len(labelled.synthetic_labels) == len(labelled.real_labels) == 5 and labelled.synthetic.shape[1:] == shape
+        assert len(labelled.synthetic_labels) == len(labelled.real_labels) == 5
+        assert labelled.synthetic.shape[1:] == shape
         held = {kind: np.concatenate([held[kind], getattr(labelled, kind)]) for kind in held}
     assert (labelled is None) == (load is _folders)
     kept = {"synthetic": 50 - len(held["synthetic"]), "real": len(data.real_images)}
