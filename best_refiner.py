@@ -82,5 +82,10 @@ class BestRefiner:
             why = (f"no probe's label shift was under {self.label_shift_limit:.1f} px"
                    if self.criterion == "statistics_distance" else "no estimation probe ran")
             return f"[*] No best refiner kept ({why}); the latest is refiner.keras"
-        return (f"[*] Best refiner: {describe_best(self.model_dir)}, exported as "
+        values = self.state["values"]
+        others = [f"{name.replace('_', ' ')} {values[name]:.2f}" for name in ("realism_accuracy", "statistics_distance",
+                                                                            "label_shift")
+                  if name in values and name != self.criterion]
+        probes = f" ({', '.join(others)})" if others else ""
+        return (f"[*] Best refiner: {describe_best(self.model_dir)}{probes}, exported as "
                 f"{' and '.join(self.exporter.files)} (--refiner=best)")

@@ -122,7 +122,8 @@ def test_the_best_refiner_is_kept_exported_remembered_on_resume_and_loaded_with_
         assert loaded in what
     _, what = load_any_refiner(str(model_dir), str(tmp_path), SHAPE, "load_path", which="best")
     assert "(the best probe's: refiner step 10, estimation error 5.00 degrees)" in what
-    assert resumed.consider(40, {"estimation_error": 4.0}) and "refiner step 40" in resumed.report_line()
+    assert resumed.consider(40, {"estimation_error": 4.0, "label_shift": 1.5})
+    assert "refiner step 40, estimation error 4.00 degrees (label shift 1.50), exported as" in resumed.report_line()
     refine, _ = load_any_refiner(str(model_dir / f"{BEST_NAME}.keras"), str(tmp_path), SHAPE, "load_path")
     np.testing.assert_allclose(outputs(refine), outputs(lambda images: refiner(images)), atol=1e-5)
 
