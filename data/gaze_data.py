@@ -72,29 +72,34 @@ class GazeData(DataSet):
         return _decode(self.synthetic_paths[:count], input_shape)
 
     def hold_out(self, count, input_shape, seed):
-        held, kept = held_out_indices(len(self.synthetic_paths), count, seed)
-        synthetic = _decode([self.synthetic_paths[index] for index in held], input_shape)
-        self.synthetic_paths = [self.synthetic_paths[index] for index in kept]
-        held, kept = held_out_indices(len(self.real_images), count, seed + 1)
-        real = to_network_input(self.real_images[held], input_shape)
-        self.real_images = RowSubset(self.real_images, kept)
-        self.real_gaze, self.real_right_eye = self.real_gaze[kept], self.real_right_eye[kept]
-        return np.asarray(synthetic), np.asarray(real)
+        synthetic = _decode(self._take_out_synthetic(count, seed), input_shape)
+        real, _, _ = self._take_out_real(count, seed + 1)
+        return np.asarray(synthetic), np.asarray(to_network_input(real, input_shape))
 
     def hold_out_labelled(self, synthetic_count, real_count, input_shape, seed):
-        held, kept = held_out_indices(len(self.synthetic_paths), synthetic_count, seed)
-        held_paths = [self.synthetic_paths[index] for index in held]
-        self.synthetic_paths = [self.synthetic_paths[index] for index in kept]
+        held_paths = self._take_out_synthetic(synthetic_count, seed)
         try:  # a few files' labels, read directly: the labels index is the whole folder's
             paths, gaze = label_crops(held_paths)
         except DataError:
             return None
-        held, kept = held_out_indices(len(self.real_images), real_count, seed + 1)
-        rows, real_gaze = as_left_eyes(self.real_images[held], self.real_gaze[held], self.real_right_eye[held])
-        self.real_images = RowSubset(self.real_images, kept)
-        self.real_gaze, self.real_right_eye = self.real_gaze[kept], self.real_right_eye[kept]
+        rows, real_gaze = as_left_eyes(*self._take_out_real(real_count, seed + 1))
         return LabelledHoldOut(denormalize(_decode(paths, input_shape)), gaze,
                                denormalize(to_network_input(rows, input_shape)), real_gaze)
+
+    def _take_out_synthetic(self, count, seed):
+        """The paths of count crops chosen with seed, taken out of synthetic_paths."""
+        held, kept = held_out_indices(len(self.synthetic_paths), count, seed)
+        held_paths = [self.synthetic_paths[index] for index in held]
+        self.synthetic_paths = [self.synthetic_paths[index] for index in kept]
+        return held_paths
+
+    def _take_out_real(self, count, seed):
+        """(images, gaze, right_eye) of count real eyes chosen with seed, in memory, taken out of the real ones."""
+        held, kept = held_out_indices(len(self.real_images), count, seed)
+        taken = self.real_images[held], self.real_gaze[held], self.real_right_eye[held]
+        self.real_images = RowSubset(self.real_images, kept)
+        self.real_gaze, self.real_right_eye = self.real_gaze[kept], self.real_right_eye[kept]
+        return taken
 
     def label_positions(self, pixels):
         return pupil_positions(pixels)

@@ -98,22 +98,22 @@ class HandData(DataSet):
         return to_network_input(self.synthetic.images[np.arange(min(count, len(self.synthetic)))], input_shape)
 
     def hold_out(self, count, input_shape, seed):
-        held_out = []
-        for kind, kind_seed in (("synthetic", seed), ("real", seed + 1)):
-            crops = getattr(self, kind)
-            held, kept = held_out_indices(len(crops), count, kind_seed)
-            held_out.append(np.asarray(to_network_input(crops.images[held], input_shape)))
-            setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
-        return tuple(held_out)
+        return tuple(np.asarray(to_network_input(self._take_out(kind, count, kind_seed).images, input_shape))
+                     for kind, kind_seed in (("synthetic", seed), ("real", seed + 1)))
 
     def hold_out_labelled(self, synthetic_count, real_count, input_shape, seed):
         held_out = []
         for kind, count, kind_seed in (("synthetic", synthetic_count, seed), ("real", real_count, seed + 1)):
-            crops = getattr(self, kind)
-            held, kept = held_out_indices(len(crops), count, kind_seed)
-            held_out += [denormalize(to_network_input(crops.images[held], input_shape)), crops.joints[held]]
-            setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
+            crops = self._take_out(kind, count, kind_seed)
+            held_out += [denormalize(to_network_input(crops.images, input_shape)), crops.joints]
         return LabelledHoldOut(*held_out)
+
+    def _take_out(self, kind, count, seed):
+        """count crops of kind ("synthetic" or "real") chosen with seed, in memory, taken out of the kind's crops."""
+        crops = getattr(self, kind)
+        held, kept = held_out_indices(len(crops), count, seed)
+        setattr(self, kind, DepthCrops(RowSubset(crops.images, kept), crops.joints[kept], crops.frames[kept]))
+        return DepthCrops(crops.images[held], crops.joints[held], crops.frames[held])
 
     def label_positions(self, pixels):
         """The hand's centre: the mean position of the pixels nearer than the background."""
