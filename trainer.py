@@ -332,6 +332,9 @@ class Trainer:
             self.probes = Probes(*held_out, self.data.label_positions, refine_batch, config.random_seed)
         if labelled is not None:
             self.estimation_probe = self._estimation_probe(labelled, refine_batch)
+        elif "estimation_probe_step" in getattr(config, "given_flags", ()) and config.estimation_probe_step:
+            tqdm.write(f"[!] --estimation_probe_step={config.estimation_probe_step}: no estimation probe (no labelled "
+                       f"real images, too few of them, or fewer refiner steps in this run)")
         if self.probes is not None or self.estimation_probe is not None:
             by_estimation = self.estimation_probe is not None
             self.best_refiner = BestRefiner(

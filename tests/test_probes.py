@@ -222,9 +222,11 @@ def test_the_run_writes_its_hparams_and_the_probes_as_their_metrics(probed):
 
 def test_eval_step_zero_holds_nothing_out_and_writes_no_probe(sample_folders):
     root, folders = sample_folders
-    result = main_in_process(*folders, *SCHEDULE, "--eval_step=0", "--max_step=1", "--load_path=unprobed")
+    result = main_in_process(*folders, *SCHEDULE, "--eval_step=0", "--max_step=1", "--load_path=unprobed",
+                             "--estimation_probe_step=100")  # more refiner steps than the run's 5: said, not run
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Probes" not in result.stdout
+    assert "Probes" not in result.stdout and "Best refiner" not in result.stdout
+    assert "[!] --estimation_probe_step=100: no estimation probe" in result.stdout
     tags = events_of(root / "logs" / "generative_unprobed").Tags()["tensors"]
     assert tags and not [tag for tag in tags if tag.startswith("probe/")]
 
