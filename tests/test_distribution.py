@@ -28,19 +28,24 @@ from utils import run_paths
 config = get_config(["--batch_size=8", "--buffer_size=16", "--distribution=mirrored", "--cpu_replicas=2",
                      "--max_grad_norm=0.5", "--optimizer=sgd", "--learning_rate=1.0", "--log_dir=" + sys.argv[2]])
 configure_devices(config)
+tf.keras.utils.set_random_seed(0)  # the same starting weights in every run of the test
 from trainer import Trainer
 trainers = [Trainer(config, run_paths(config), None), Trainer(config, run_paths(config), None, make_strategy(config))]
 for name in ("refiner", "discriminator"):
     getattr(trainers[1], name).set_weights(getattr(trainers[0], name).get_weights())
 images = lambda seed, batch=8: tf.random.stateless_uniform((batch, 35, 55, 1), (seed, 0), -1, 1)
-report = {}
+report = {key: {"replicas": trainer.strategy.num_replicas_in_sync} for trainer, key in zip(trainers, ("one", "two"))}
 for trainer, key in zip(trainers, ("one", "two")):
-    refiner_losses, refined = trainer.refiner_step(images(1))
-    discriminator_losses = trainer.discriminator_step(images(2, 4), images(3, 4), images(4))
-    report[key] = {"replicas": trainer.strategy.num_replicas_in_sync,
-                   "losses": {k: float(v) for k, v in {**refiner_losses, **discriminator_losses}.items()},
-                   "refined": refined.numpy().tolist(),
-                   "weights": [w.tolist() for w in trainer.refiner.get_weights()[:2] + trainer.discriminator.get_weights()[:2]]}
+    losses, refined = trainer.refiner_step(images(1))
+    report[key].update(losses={k: float(v) for k, v in losses.items()}, refined=refined.numpy().tolist(),
+                       weights=[w.tolist() for w in trainer.refiner.get_weights()[:2]])
+# The discriminator step refines its fresh half with the refiner: both start it from one refiner, so the
+# refiner step's float noise (1e-6) cannot flip a ReLU in the discriminator (a full unit's gradient, 1e-4).
+trainers[1].refiner.set_weights(trainers[0].refiner.get_weights())
+for trainer, key in zip(trainers, ("one", "two")):
+    losses = trainer.discriminator_step(images(2, 4), images(3, 4), images(4))
+    report[key]["losses"].update({k: float(v) for k, v in losses.items()})
+    report[key]["weights"] += [w.tolist() for w in trainer.discriminator.get_weights()[:2]]
 import main
 runs = json.loads(sys.argv[3])
 report["status"] = main.main(runs["generative"])
