@@ -5,6 +5,7 @@ run on every replica of the tf.distribute strategy, one device without one), the
 that calls them, then summaries and checkpoints. Refining a folder
 with a trained refiner is refine.py; the gaze estimator is estimation.py.
 """
+import contextlib
 import functools
 import os
 
@@ -196,11 +197,11 @@ class Trainer:
         rows, cols = self.config.sample_image_grid  # fixed images, the first ones whether probed or not: every
         self.test_images = self.data.test_images(self.image_shape, rows * cols)  # sample grid is comparable
         self._hold_out_for_probes()  # before the streams open: they must not draw these
-        self._open_batches(self.config.random_seed + self.global_step)  # a resumed run continues with fresh batches
         self.summary_writer = (tf.summary.create_file_writer(self.paths.model_dir) if self.chief
                                else tf.summary.create_noop_writer())
         supervisor = Supervisor(self.config, self.checkpoints, self.strategy)
-        with self.summary_writer.as_default(), supervisor as self.supervisor:
+        seed = self.config.random_seed + self.global_step  # a resumed run continues with fresh batches
+        with self._open_batches(seed), self.summary_writer.as_default(), supervisor as self.supervisor:
             if self.chief:
                 final = self.config.reg_scale if self.config.final_reg_scale is None else self.config.final_reg_scale
                 write_hparams(self.config, GENERATIVE_FLAGS, PROBE_METRICS, final_reg_scale=final)
@@ -212,11 +213,15 @@ class Trainer:
             print_run_report(self.config, self.paths, self.checkpoints.latest, finished, self.exporter.files,
                              self.probes, self.estimation_probe, self.best_refiner)
 
+    @contextlib.contextmanager
     def _open_batches(self, seed):
-        """The three input streams; in a cluster each worker reads only its replicas' shares of each batch.
+        """The three input streams, open while training; in a cluster each worker reads only its replicas'
+        shares of each batch.
 
         The discriminator refines half a batch of fresh synthetic images (the other half comes from the
-        history), drawn from a stream of its own: no image is decoded to be dropped.
+        history), drawn from a stream of its own: no image is decoded to be dropped. The streams are closed on
+        the way out: a distributed stream left for the interpreter's exit to delete holds the process there
+        while tf.data's autotuning thread sleeps out its period (measured: 10-70 s after a mirrored run).
         """
         shape, batch, data = self.image_shape, self.config.batch_size, self.data
 
@@ -227,6 +232,10 @@ class Trainer:
         self.synthetic_batches = stream(data.synthetic_batches, batch, seed)
         self.fresh_batches = stream(data.synthetic_batches, batch // 2, seed + 1)
         self.real_batches = stream(data.real_batches, batch, seed)
+        try:
+            yield
+        finally:
+            del self.synthetic_batches, self.fresh_batches, self.real_batches
 
     def _warm_up_refiner(self):
         """`initial_K_g` refiner steps on self-regularization; those after 90% of them fill the history buffer."""

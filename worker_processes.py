@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import itertools
 import multiprocessing
 import os
@@ -81,7 +82,8 @@ class WorkerPool:
             if not chunk:
                 return
             try:
-                future = self._executor.submit(_run_chunk, function, chunk)
+                with _out_of_the_workers_collector():  # the first submit forks the workers
+                    future = self._executor.submit(_run_chunk, function, chunk)
             except BrokenProcessPool as error:
                 raise self._lost() from error
             self._pending.add(future)
@@ -146,6 +148,22 @@ def worker_pool(workers, initializer=None):
     finally:
         if not finished:
             _stop_pool(pool)
+
+
+@contextlib.contextmanager
+def _out_of_the_workers_collector():
+    """The parent's objects of this moment, garbage included, kept from the garbage collector of a worker forked now.
+
+    A worker that collected the parent's cyclic garbage would run its finalizers, and a TensorFlow iterator's
+    waits for a lock held by a parent's thread that fork did not copy: the worker and its pool hung for good
+    (seen in a process that had trained). gc.freeze() sets them aside for good in the worker; in the parent
+    only until the fork is done.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 _stopping = False  # in a worker: SIGTERM came, and the caller's handler for it ran

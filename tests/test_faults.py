@@ -116,7 +116,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, 
     paths = run_paths(config)
     make_run_folders(config, paths)
     data = load_gaze_data(config)
-    Trainer(config, paths, data).train()
+    finished = Trainer(config, paths, data)
+    finished.train()
     good = tf.train.latest_checkpoint(paths.model_dir)
 
     config.max_step = 4
@@ -136,6 +137,10 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, 
     assert tf.train.latest_checkpoint(paths.model_dir) == good
     assert checkpoint_counters(paths.model_dir) == (6, 4, 2)
     assert checkpoint_files(paths.model_dir) == ['ckpt-10.index']
+    # The input streams are closed on either way out: left to the interpreter's exit, a distributed one held it
+    # there for up to a minute.
+    streams = ("synthetic_batches", "fresh_batches", "real_batches")
+    assert not any(hasattr(run, stream) for run in (finished, trainer) for stream in streams)
 
 
 # ---- bad input, as a user brings it ----

@@ -1,6 +1,7 @@
 """worker_processes.worker_pool: a pool whose work is done is shut down and joined; any other exit stops it, never hangs;
 a worker that dies mid-task ends the work with WorkerLost, in every pool the program has."""
 import faulthandler
+import gc
 import itertools
 import json
 import multiprocessing
@@ -64,6 +65,11 @@ def announce_and_sleep(marker):
     """A task that takes a minute, after creating the file marker to say it has begun."""
     open(marker, "x").close()
     time.sleep(60)
+
+
+def collect_garbage(_):
+    """A task that runs a full garbage collection in its worker; the number of objects it freed."""
+    return gc.collect()
 
 
 def start_sleeping(pool, folder):
@@ -136,6 +142,31 @@ def test_map_and_imap_give_the_results_in_order(chunksize):
         assert list(pool.imap(abs, range(-50, 0), chunksize=chunksize)) == list(range(50, 0, -1))
         assert pool.map(abs, []) == [] and list(pool.imap(abs, iter([]))) == []
     assert nothing_left()
+
+
+class Finalized:
+    """Cyclic garbage whose finalizer says, by a file named after it, which process collected it."""
+
+    def __init__(self, folder):
+        self.folder, self.cycle = folder, self
+
+    def __del__(self):
+        (self.folder / f"collected_in_{os.getpid()}").touch()
+
+
+def test_a_worker_never_collects_the_garbage_it_was_forked_with(tmp_path):
+    # A worker that did ran the finalizer of a TensorFlow iterator the parent had dropped, which waited
+    # for good on a lock of a parent's thread: the pool hung.
+    gc.disable()  # the garbage is still there at the fork
+    try:
+        Finalized(tmp_path)
+        with deadline(20), worker_pool(2) as pool:
+            pool.map(collect_garbage, range(4))
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        gc.enable()
+    gc.collect()
+    assert [path.name for path in tmp_path.iterdir()] == [f"collected_in_{os.getpid()}"]
 
 
 def test_imap_is_lazy_and_keeps_a_bounded_number_of_tasks_in_flight():
