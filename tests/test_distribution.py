@@ -14,8 +14,9 @@ SCHEDULE = ["--initial_K_g=2", "--initial_K_d=2", "--K_g=2", "--K_d=1", "--batch
             "--log_step=1", "--sample_image_grid=2,2", "--max_image_summary=2", "--checkpoint_secs=3600"]
 MIRRORED = ["--distribution=mirrored", "--cpu_replicas=2"]
 # In a fresh process (logical CPUs must be set before TensorFlow starts its devices): one refiner step
-# and one discriminator step from the same weights and inputs, on one device and on two CPU replicas;
-# then `python main.py` as a user runs it, mirrored over the same two CPUs: training, then the estimator.
+# and one discriminator step from the same weights and inputs, on one device and on two CPU replicas (fp32);
+# then `python main.py` as a user runs it, mirrored over the same two CPUs in bfloat16: training, then the
+# estimator.
 MIRRORED_PROCESS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -49,7 +50,6 @@ for trainer, key in zip(trainers, ("one", "two")):
 import main
 runs = json.loads(sys.argv[3])
 report["status"] = main.main(runs["generative"])
-report["bf16_status"] = main.main(runs["generative_bf16"])
 report["estimation_status"] = main.main(runs["estimation"])
 print(json.dumps(report))
 """
@@ -62,9 +62,7 @@ def mirrored(tmp_path_factory):
     write_sample(root / "gaze", num_synthetic=16, num_real=12, seed=3)
     folders = folder_flags(root, root)
     runs = {"generative": [*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored",
-                           "--mixed_precision=fp32"],
-            "generative_bf16": [*folders, *SCHEDULE, *MIRRORED, "--max_step=1", "--load_path=mirrored_bf16",
-                                "--mixed_precision=bf16"],
+                           "--mixed_precision=bf16"],
             "estimation": [*folders, *MIRRORED, "--task=estimation", "--batch_size=8", "--num_epochs=1",
                            "--log_step=1", "--sample_image_grid=2,2", "--load_path=estimator",
                            "--mixed_precision=bf16"]}
@@ -86,13 +84,15 @@ def test_two_replicas_take_the_same_steps_as_one_device(mirrored):
         np.testing.assert_allclose(after, before, atol=2e-5)
 
 
-def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored):
+def test_a_mirrored_run_in_bfloat16_resumes_on_one_device_in_float32_and_is_refined(mirrored):
     report, stdout, folders, root = mirrored
     assert report["status"] == 0
-    assert "device:CPU:1: 2 replicas, MirroredStrategy, fp32" in stdout  # the start line
+    assert "device:CPU:1: 2 replicas, MirroredStrategy, bf16" in stdout  # the start line
     model_dir = root / "logs" / "generative_mirrored"
     assert checkpoint_counters(model_dir) == (2 + 2, 2 + 1, 1)
-    # A checkpoint of any strategy restores under any other: resumed without one, in this process.
+    history = next(value for key, value in checkpoint_values(model_dir).items() if key.startswith("history_buffer/images"))
+    assert history.dtype == np.float32 and np.abs(history).max() > 0  # refined images crossed the replicas
+    # A checkpoint of any strategy and precision restores under any other: resumed without one, in this process.
     resumed = main_in_process(*folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "refiner step 4, discriminator step 3, iteration 1" in resumed.stdout
@@ -102,24 +102,10 @@ def test_a_mirrored_run_resumes_and_is_refined_on_one_device(mirrored):
     assert len(list((root / "outputs" / "generative_mirrored").glob("*_refined.png"))) == 16
 
 
-def test_a_mirrored_run_in_bfloat16_trains_and_resumes_in_float32(mirrored):
-    report, stdout, folders, root = mirrored
-    assert report["bf16_status"] == 0
-    assert "device:CPU:1: 2 replicas, MirroredStrategy, bf16" in stdout
-    model_dir = root / "logs" / "generative_mirrored_bf16"
-    assert checkpoint_counters(model_dir) == (2 + 2, 2 + 1, 1)
-    history = next(value for key, value in checkpoint_values(model_dir).items() if key.startswith("history_buffer/images"))
-    assert history.dtype == np.float32 and np.abs(history).max() > 0  # refined images crossed the replicas
-    resumed = main_in_process(*folders, *SCHEDULE, "--max_step=2", "--load_path=mirrored_bf16")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert checkpoint_counters(model_dir) == (2 + 4, 2 + 2, 2)
-
-
 def test_the_estimator_trains_and_is_evaluated_under_the_same_strategy(mirrored):
     report, stdout, _, root = mirrored
     assert report["estimation_status"] == 0
-    assert stdout.count("2 replicas, MirroredStrategy") == 3  # the start lines of the three runs
-    assert stdout.count("2 replicas, MirroredStrategy, bf16") == 2  # the bfloat16 training run and this one
+    assert stdout.count("2 replicas, MirroredStrategy, bf16") == 2  # the start lines of the training run and this one
     evaluation = json.loads((root / "logs" / "estimation_estimator" / "evaluation.json").read_text())
     assert len(evaluation["share_within_degrees"]) == 26
 
