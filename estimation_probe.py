@@ -43,14 +43,34 @@ class EstimationProbe:
         # The task's estimator as --task=estimation builds it, the hand's smaller (cost: README).
         self.config = types.SimpleNamespace(**{**vars(config), "estimator_filters": HAND_FILTERS,
                                                "estimator_stacks": 1})
-        self.learning_rate = DATA_SET_DEFAULTS[config.data_set]["learning_rate"]
-        task.build(self.input_shape, self.label_shape, self.config)  # ValueError now if it cannot take the input
         count = len(held_out.synthetic)
         self.batch = min(BATCH[config.data_set], count)
         self.orders = [[order.choice(count, self.batch, replace=False) for _ in range(TRAINING_STEPS)]
                        for order in (np.random.default_rng(self._seed(index)) for index in range(SEEDS))]
+        self._build_training(DATA_SET_DEFAULTS[config.data_set]["learning_rate"])
         self.mark = None  # the error of the estimators trained on the unrefined images
         self.last = {}
+
+    def _build_training(self, learning_rate):
+        """One estimator, optimizer and compiled step for every estimator of every probe, each starting again
+        from the state they are built in: a step traced anew for each took longer than a test's training.
+        ValueError now if the estimator cannot take the input."""
+        self.estimator = self.task.build(self.input_shape, self.label_shape, self.config)
+        optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
+        if keras.mixed_precision.global_policy().compute_dtype == "float16":
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer.build(self.estimator.trainable_variables)
+        self.variables = self.estimator.weights + optimizer.variables
+        self.built_values = [variable.numpy() for variable in self.variables]
+
+        @tf.function
+        def train_step(images, labels):
+            with tf.GradientTape() as tape:
+                outputs = self.estimator(images, training=True)
+                loss = self.task.loss(outputs, labels, self.input_shape, self.config, self.batch)
+            minimize(optimizer, tape, loss, self.estimator.trainable_variables)
+
+        self.train_step = train_step
 
     def write(self, refine, step):
         """Refine the held-out synthetic images with refine(images), train and measure the estimators, and write
@@ -78,25 +98,15 @@ class EstimationProbe:
     def estimator_error(self, pixels, index):
         """The mean error on the held-out real images of estimator `index` (its own seeded weights and batch
         order) trained on `pixels` with the held-out synthetic labels."""
-        estimator = self.task.build(self.input_shape, self.label_shape, self.config)
-        seed_weights(estimator, self._seed(index))
-        optimizer = keras.optimizers.Adam(self.learning_rate, epsilon=1e-8)
-        if keras.mixed_precision.global_policy().compute_dtype == "float16":
-            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        for variable, value in zip(self.variables, self.built_values):
+            variable.assign(value)
+        seed_weights(self.estimator, self._seed(index))
         labels = np.float32(self.held_out.synthetic_labels)
-
-        @tf.function
-        def train_step(images, batch_labels):
-            with tf.GradientTape() as tape:
-                outputs = estimator(images, training=True)
-                loss = self.task.loss(outputs, batch_labels, self.input_shape, self.config, self.batch)
-            minimize(optimizer, tape, loss, estimator.trainable_variables)
-
         for indices in self.orders[index]:
-            train_step(normalize(np.float32(pixels[indices])), labels[indices])
+            self.train_step(normalize(np.float32(pixels[indices])), labels[indices])
         real, real_labels = self.held_out.real, np.float32(self.held_out.real_labels)
-        errors = [self.task.errors(estimator(normalize(np.float32(real[start:start + EVALUATION_BATCH])),
-                                             training=False),
+        errors = [self.task.errors(self.estimator(normalize(np.float32(real[start:start + EVALUATION_BATCH])),
+                                                  training=False),
                                    real_labels[start:start + EVALUATION_BATCH], self.input_shape)
                   for start in range(0, len(real), EVALUATION_BATCH)]
         return float(np.mean(np.concatenate([np.asarray(part, np.float64) for part in errors])))
