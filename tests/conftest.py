@@ -73,8 +73,9 @@ def checkpoint_counters(model_dir):
 
 # The slowest files, slowest first. pytest.ini gives each process a whole file at a time, in this order:
 # started first, the long files end together instead of one process running the last of them alone.
-SLOW_FILES = ["test_multi_worker.py", "test_distribution.py", "test_faults.py", "test_hand_end_to_end.py",
-              "test_end_to_end.py", "test_hand_estimation.py"]
+SLOW_FILES = ["test_faults.py", "test_multi_worker.py", "test_distribution.py", "test_probes.py", "test_worker_pool.py",
+              "test_refinement_options.py", "test_trainer_steps.py", "test_hand_end_to_end.py", "test_end_to_end.py",
+              "test_hand_estimation.py"]
 
 
 def pytest_collection_modifyitems(items):
