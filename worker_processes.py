@@ -60,6 +60,7 @@ class WorkerPool:
         self._executor = executor
         self._ahead = max(1, workers) * POOL_CHUNKS_AHEAD
         self._pending = set()  # futures submitted whose results no one has taken yet
+        self._submitted = False  # a chunk was submitted: the workers were forked (with fork; spawn inherits nothing)
         self._seen = {}        # pid -> Process: every worker started, also once the executor forgets them
         self._shutdown = None  # the thread running the executor's shutdown(), once started
         self.lost = False      # a worker died: the executor is broken
@@ -82,10 +83,11 @@ class WorkerPool:
             if not chunk:
                 return
             try:
-                with _out_of_the_workers_collector():  # the first submit forks the workers
+                with _out_of_the_workers_collector(forking=not self._submitted):  # the first submit forks them all
                     future = self._executor.submit(_run_chunk, function, chunk)
             except BrokenProcessPool as error:
                 raise self._lost() from error
+            self._submitted = True
             self._pending.add(future)
             window.append(future)
 
@@ -151,14 +153,17 @@ def worker_pool(workers, initializer=None):
 
 
 @contextlib.contextmanager
-def _out_of_the_workers_collector():
+def _out_of_the_workers_collector(forking):
     """The parent's objects of this moment, garbage included, kept from the garbage collector of a worker forked now.
 
     A worker that collected the parent's cyclic garbage would run its finalizers, and a TensorFlow iterator's
     waits for a lock held by a parent's thread that fork did not copy: the worker and its pool hung for good
     (seen in a process that had trained). gc.freeze() sets them aside for good in the worker; in the parent
-    only until the fork is done.
+    only until the fork is done. Only around a fork: unfreezing moves every object to the oldest generation.
     """
+    if not forking:
+        yield
+        return
     gc.freeze()
     try:
         yield
