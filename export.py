@@ -54,8 +54,8 @@ class RefinerExporter:
     @property
     def files(self):
         """Where the exports are written: the .keras file, the SavedModel folder."""
-        folder = self.model_dir
-        return os.path.join(folder, self.keras_file), os.path.join(folder, self.saved_model_dir) + os.sep
+        return (os.path.join(self.model_dir, self.keras_file),
+                os.path.join(self.model_dir, self.saved_model_dir) + os.sep)
 
     def __call__(self):
         self.copy.set_weights(self.refiner.get_weights())
